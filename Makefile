@@ -1,0 +1,19 @@
+# Two commands on a fresh machine:
+#   make test    -- create .venv, install, run the whole test suite
+#   make infill  -- run the infill pipeline on a sample file with the embedded model
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 2
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $@
+
+.PHONY: install test
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q

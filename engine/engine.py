@@ -1,0 +1,201 @@
+"""`Engine`: a loaded checkpoint plus its tokenizer and sampler defaults, with a prompt-prefix KV cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+from engine.cache import KVCache
+from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
+from engine.generate import GenerationCancelled, StepEvent, generate_blocks
+from engine.loader import CheckpointError, build_model
+from engine.model import DiffusionGemma
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    tokens: list[int]  # first row's new tokens (the reference's sequences[0, len(prompt):], pads included)
+    tokens_per_forward: float
+    candidates: list[list[int]]  # every row's new tokens
+    candidates_tokens_per_forward: list[float]
+    steps: int  # denoising steps run (decoder forwards of the batch)
+    blocks: int
+    prompt_tokens: int
+    encoded_prompt_tokens: int  # prompt tokens the encoder ran on (fewer when a cached prefix was reused)
+    wall_time_s: float
+    encoder_time_s: float
+    decoder_time_s: float
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+
+
+class Engine:
+    def __init__(
+        self,
+        model: DiffusionGemma,
+        generation_config: GenerationConfig,
+        tokenizer: Tokenizer | None = None,
+        path: Path | None = None,
+    ):
+        self.model = model
+        self.generation_config = generation_config
+        self.tokenizer = tokenizer
+        self.path = path
+        self.device = model.embed_tokens.weight.device
+        self.dtype = model.embed_tokens.weight.dtype
+        # One cached prompt (batch 1): a request sharing a token prefix with it re-encodes only the rest.
+        self._prefix_ids: list[int] = []
+        self._prefix_cache: KVCache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def generation_settings(self, max_new_tokens: int | None = None, **overrides: Any) -> GenerationConfig:
+        if max_new_tokens is not None:
+            overrides["max_new_tokens"] = max_new_tokens
+        return self.generation_config.with_overrides(**overrides)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: Sequence[int] | Sequence[Sequence[int]],
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        num_candidates: int = 1,
+        on_step: Callable[[StepEvent], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        **generation_overrides: Any,
+    ) -> GenerationResult:
+        """Generate after `prompt_ids` (one prompt, or a batch of equal-length prompts).
+
+        `num_candidates` runs that many canvases for one prompt as a batch. `seed` makes the run reproducible
+        (the same tokens as the reference `generate()` after `torch.manual_seed(seed)` on the CPU).
+        `on_step` observes every denoising step; `cancelled` is polled before every forward and stops the run
+        with `GenerationCancelled`. Remaining keyword arguments override the checkpoint's generation config.
+        """
+        config = self.generation_settings(max_new_tokens, **generation_overrides)
+        rows = _as_rows(prompt_ids)
+        if len(rows) > 1 and num_candidates != 1:
+            raise ValueError("num_candidates applies to a single prompt; pass one prompt or num_candidates=1")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for row in rows for t in row):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+
+        started = time.perf_counter()
+        with self._lock:
+            if cancelled is not None and cancelled():
+                raise GenerationCancelled()
+            if len(rows) == 1:
+                encoded = self._encode_prompt(rows[0])
+                cache = self._prefix_cache.expanded(num_candidates, self.config.canvas_length)
+                uncached = torch.empty(num_candidates, 0, dtype=torch.long, device=self.device)
+            else:
+                cache = KVCache(len(rows), self.model.cache_geometries(), self.dtype, self.device)
+                uncached = torch.tensor(rows, dtype=torch.long, device=self.device)
+                encoded = uncached.shape[1]
+            prompt_seconds = time.perf_counter() - started
+            output = generate_blocks(self.model, cache, uncached, config, generator, on_step, cancelled)
+        wall = time.perf_counter() - started
+        tokens = output.tokens.tolist()
+        per_row = [float(x) for x in output.tokens_per_forward.tolist()]
+        return GenerationResult(
+            tokens=tokens[0],
+            tokens_per_forward=per_row[0],
+            candidates=tokens,
+            candidates_tokens_per_forward=per_row,
+            steps=output.decoder_forwards,
+            blocks=output.blocks,
+            prompt_tokens=len(rows[0]),
+            encoded_prompt_tokens=encoded,
+            wall_time_s=wall,
+            encoder_time_s=prompt_seconds + output.encoder_seconds,
+            decoder_time_s=output.decoder_seconds,
+        )
+
+    def _encode_prompt(self, ids: list[int]) -> int:
+        """Bring the prefix cache to exactly `ids`: keep the shared token prefix, encode the rest. Returns its size."""
+        if self._prefix_cache is None or not self.config.encoder_is_causal:
+            # A bidirectional encoder's keys depend on later tokens, so only a causal prefix can be reused.
+            self._prefix_cache = KVCache(1, self.model.cache_geometries(), self.dtype, self.device)
+            self._prefix_ids = []
+        shared = 0
+        for cached, new in zip(self._prefix_ids, ids):
+            if cached != new:
+                break
+            shared += 1
+        cache = self._prefix_cache
+        cache.crop(shared)
+        self._prefix_ids = self._prefix_ids[:shared]
+        rest = ids[shared:]
+        if rest:
+            cache.reserve(len(rest))
+            self.model.encode(torch.tensor([rest], dtype=torch.long, device=self.device), shared, cache)
+            cache.length += len(rest)
+            self._prefix_ids = list(ids)
+        return len(rest)
+
+
+def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[int]]:
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: at least one token (e.g. <bos>) is required")
+    if isinstance(prompt_ids[0], (int,)) or (isinstance(prompt_ids[0], torch.Tensor) and prompt_ids[0].dim() == 0):
+        return [[int(t) for t in prompt_ids]]
+    rows = [[int(t) for t in row] for row in prompt_ids]
+    if len({len(row) for row in rows}) != 1 or not rows[0]:
+        raise ValueError("a batch of prompts must be non-empty and of equal length")
+    return rows
+
+
+def load(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None) -> Engine:
+    """Load a DiffusionGemma checkpoint directory (config.json, generation_config.json, safetensors, tokenizer.json)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory")
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    try:
+        model_config, generation_config = load_configs(directory)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = build_model(model_config, directory, resolved_dtype, resolved_device)
+    tokenizer = None
+    tokenizer_path = directory / "tokenizer.json"
+    if tokenizer_path.exists():
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
+            raise CheckpointError(f"{tokenizer_path}: unreadable tokenizer ({exc})") from None
+    return Engine(model, generation_config, tokenizer, directory)

@@ -1,0 +1,288 @@
+"""The DiffusionGemma text model: one Gemma-4 MoE stack used twice.
+
+- `encode` is the causal encoder: it runs over prompt tokens (later: committed canvases) and writes their keys and
+  values into the cache. Its hidden states are not needed for generation.
+- `decode` is the bidirectional denoiser: the canvas attends to [cached prefix ; canvas] with no mask, reads the
+  cache without writing it, and returns soft-capped fp32 logits. Its input embedding is self-conditioned on the
+  previous step's processed logits.
+Both share every weight except the per-layer `layer_scalar`, of which the checkpoint stores one copy for each.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import FULL, ModelConfig
+from engine.kernels import apply_rope, attention, moe_experts, rms_norm
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, with_scale: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rope_inverse_frequencies(config: ModelConfig, layer_type: str, head_dim: int) -> torch.Tensor:
+    params = config.rope_parameters[layer_type]
+    theta = float(params["rope_theta"])
+    if params.get("rope_type", "default") == "proportional":
+        # Rotate only the first p·D/2 frequency pairs (exponents over the full D); the rest have frequency 0 (NoPE).
+        rotated = int(params.get("partial_rotary_factor", 1.0) * head_dim // 2)
+        exponents = torch.arange(0, 2 * rotated, 2, dtype=torch.int64).float() / head_dim
+        inv_freq = torch.cat((1.0 / theta**exponents, torch.zeros(head_dim // 2 - rotated)))
+        return inv_freq / float(params.get("factor", 1.0))
+    dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
+    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables per layer type, computed in fp32 and cast to the activation dtype."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer_types = sorted(set(config.layer_types))
+        for layer_type in self.layer_types:
+            head_dim = config.layer(config.layer_types.index(layer_type)).head_dim
+            inv_freq = rope_inverse_frequencies(config, layer_type, head_dim)
+            self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        tables = {}
+        for layer_type in self.layer_types:
+            inv_freq = getattr(self, f"{layer_type}_inv_freq")
+            freqs = positions[:, None].float() * inv_freq[None, :]
+            angles = torch.cat((freqs, freqs), dim=-1)[None, None]  # [1, 1, T, D]
+            tables[layer_type] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return tables
+
+
+class KeyValueStore(Protocol):
+    """What attention needs from a cache: the encoder appends, the decoder reads with the canvas placed behind."""
+
+    def encoder_keys_values(
+        self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor, first_key: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decoder_keys_values(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor, first_key: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        geometry = config.layer(layer_index)
+        self.head_dim = geometry.head_dim
+        self.is_sliding = geometry.is_sliding
+        self.num_heads = config.num_heads
+        self.num_kv_heads = geometry.num_kv_heads
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        # Full-attention layers have no v_proj: V is the raw (pre-norm, pre-RoPE) K projection.
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False) if self.is_sliding else None
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.eps = config.rms_norm_eps
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        batch, length, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(batch, length, self.num_heads, self.head_dim)).transpose(1, 2)
+        k_raw = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        v_raw = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim) if self.v_proj else k_raw
+        k = self.k_norm(k_raw).transpose(1, 2)
+        v = rms_norm(v_raw, None, self.eps).transpose(1, 2)  # scale-free V-norm
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = attended.shape
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Softmax over all experts of a scale-free-normed residual, top-k, renormalise, then per-expert scale."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.proj = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.scale = nn.Parameter(torch.ones(config.hidden_size))
+        self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
+        self.top_k = config.top_k_experts
+        self.eps = config.rms_norm_eps
+        self.root_size = config.hidden_size**-0.5
+
+    def forward(self, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = rms_norm(residual, None, self.eps) * self.scale * self.root_size
+        probabilities = F.softmax(self.proj(z), dim=-1, dtype=torch.float32)
+        weights, index = torch.topk(probabilities, k=self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights * self.per_expert_scale[index], index
+
+
+class Experts(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        e, i, h = config.num_experts, config.moe_intermediate_size, config.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return moe_experts(x, self.gate_up_proj, self.down_proj, index, weights)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: ModelConfig, index: int):
+        super().__init__()
+        hidden, eps = config.hidden_size, config.rms_norm_eps
+        self.index = index
+        self.self_attn = Attention(config, index)
+        self.mlp = DenseMLP(hidden, config.intermediate_size)
+        self.router = Router(config)
+        self.experts = Experts(config)
+        for name in (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "post_feedforward_layernorm_1",
+            "post_feedforward_layernorm_2",
+            "pre_feedforward_layernorm_2",
+        ):
+            setattr(self, name, RMSNorm(hidden, eps))
+        self.register_buffer("encoder_layer_scalar", torch.ones(1))
+        self.register_buffer("decoder_layer_scalar", torch.ones(1))
+
+    def feed_forward(self, a: torch.Tensor, layer_scalar: torch.Tensor) -> torch.Tensor:
+        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(a)))
+        flat = a.reshape(-1, a.shape[-1])
+        weights, index = self.router(flat)  # the router reads the un-normed residual
+        routed = self.experts(self.pre_feedforward_layernorm_2(flat), weights, index).reshape(a.shape)
+        routed = self.post_feedforward_layernorm_2(routed)
+        return (a + self.post_feedforward_layernorm(dense + routed)) * layer_scalar
+
+
+class DiffusionGemma(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, hidden)
+        self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(hidden, config.rms_norm_eps)
+        self.self_conditioning = nn.ModuleDict(
+            {
+                "pre_norm": RMSNorm(hidden, config.rms_norm_eps),
+                "gate_proj": nn.Linear(hidden, config.intermediate_size, bias=False),
+                "up_proj": nn.Linear(hidden, config.intermediate_size, bias=False),
+                "down_proj": nn.Linear(config.intermediate_size, hidden, bias=False),
+            }
+        )
+        self.rotary = Rotary(config)
+        self.embed_scale = math.sqrt(hidden)
+        self.window = config.sliding_window
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight
+        return F.embedding(ids, weight) * self.scale_as(weight.dtype)
+
+    def scale_as(self, dtype: torch.dtype) -> torch.Tensor:
+        # sqrt(H) rounded through fp32 to the weight dtype, as the reference does (53.066 becomes 53.0 in bf16).
+        return torch.tensor(self.embed_scale, dtype=torch.float32).to(dtype)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        cap = self.config.final_logit_softcapping
+        logits = F.linear(self.norm(hidden), self.embed_tokens.weight).float()
+        return torch.tanh(logits / cap) * cap
+
+    def encoder_mask(self, layer_type: str, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
+        """Boolean [T, S] mask from absolute positions. Causal (+ W-key window on sliding layers) by default."""
+        q, k = queries[:, None], keys[None, :]
+        if self.config.encoder_is_causal:
+            mask = k <= q
+            if layer_type != FULL:
+                mask &= k > q - self.window
+            return mask
+        return (q - k).abs() <= self.window if layer_type != FULL else None
+
+    def encode(self, ids: torch.Tensor, start: int, store: KeyValueStore, with_logits: bool = False):
+        """Causal pass over `ids` at positions start.. that appends their keys/values to `store`."""
+        length = ids.shape[1]
+        positions = torch.arange(start, start + length, device=ids.device)
+        tables = self.rotary(positions, self.embed_tokens.weight.dtype)
+        x = self.embed(ids)
+        for layer in self.layers:
+            layer_type = self.config.layer_types[layer.index]
+            cos, sin = tables[layer_type]
+            attn = layer.self_attn
+            q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+            # Keys older than the window can never be attended to by these queries on a sliding layer.
+            first_key = max(0, start - self.window + 1) if layer_type != FULL and self.config.encoder_is_causal else 0
+            keys, values = store.encoder_keys_values(layer.index, start, k, v, first_key)
+            mask = self.encoder_mask(layer_type, positions, torch.arange(first_key, start + length, device=ids.device))
+            a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, mask)))
+            x = layer.feed_forward(a, layer.encoder_layer_scalar)
+        return self.logits(x) if with_logits else None
+
+    def self_conditioned_embedding(self, canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
+        e = self.embed(canvas)
+        if sc_logits is not None:
+            weight = self.embed_tokens.weight
+            soft = torch.softmax(sc_logits, dim=-1, dtype=torch.float32).to(weight.dtype) @ weight
+            soft = soft * self.scale_as(e.dtype)
+            sc = self.self_conditioning
+            normed = sc["pre_norm"](soft)
+            e = e + sc["down_proj"](F.gelu(sc["gate_proj"](normed), approximate="tanh") * sc["up_proj"](normed))
+        # Without a signal the MLP's output is exactly 0, so it is skipped; the scale-free post-norm always applies.
+        return rms_norm(e, None, self.config.rms_norm_eps)
+
+    def decode(
+        self,
+        canvas: torch.Tensor,
+        start: int,
+        store: KeyValueStore,
+        sc_logits: torch.Tensor | None,
+        tables: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Bidirectional canvas pass at positions start..start+C over [prefix ; canvas]. Returns fp32 logits."""
+        if tables is None:
+            tables = self.canvas_rotary(start, canvas.shape[1], canvas.device)
+        x = self.self_conditioned_embedding(canvas, sc_logits)
+        for layer in self.layers:
+            layer_type = self.config.layer_types[layer.index]
+            cos, sin = tables[layer_type]
+            attn = layer.self_attn
+            q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+            # Sliding layers see what the reference's cache retains: the last W-1 prefix positions.
+            first_key = max(0, start - (self.window - 1)) if layer_type != FULL else 0
+            keys, values = store.decoder_keys_values(layer.index, k, v, first_key)
+            a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, None)))
+            x = layer.feed_forward(a, layer.decoder_layer_scalar)
+        return self.logits(x)
+
+    def canvas_rotary(self, start: int, length: int, device: torch.device):
+        positions = torch.arange(start, start + length, device=device)
+        return self.rotary(positions, self.embed_tokens.weight.dtype)
+
+    def cache_geometries(self) -> list[tuple[int, int]]:
+        return [(layer.self_attn.num_kv_heads, layer.self_attn.head_dim) for layer in self.layers]

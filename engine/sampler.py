@@ -1,0 +1,48 @@
+"""The reference sampler: temperature schedule, entropy-bound acceptance, renoising and adaptive stopping."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def temperature(remaining: int, total: int, t_min: float, t_max: float) -> torch.Tensor:
+    """T(n) = t_min + (t_max - t_min)·n/N with n the steps *remaining*; fp32 arithmetic, as the reference."""
+    return t_min + (t_max - t_min) * (torch.tensor(remaining, dtype=torch.int32) / total)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of softmax(logits), computed like `torch.distributions.Categorical(...).entropy()`."""
+    normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probs = F.softmax(normalized, dim=-1)
+    return -(normalized.clamp(min=torch.finfo(normalized.dtype).min) * probs).sum(-1)
+
+
+def entropy_bound_acceptance(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """Accept the lowest-entropy positions while (sum of accepted entropies − the largest of them) ≤ bound."""
+    sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
+    selected = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= bound
+    return torch.scatter(torch.zeros_like(selected), dim=-1, index=order, src=selected)
+
+
+class StableAndConfident:
+    """Stop a row once its argmax canvas equals the last `stability` ones and its mean entropy < `confidence`."""
+
+    def __init__(self, stability: int, confidence: float):
+        self.stability = stability
+        self.confidence = confidence
+        self.history: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.history = None
+
+    def __call__(self, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        if self.stability == 0:
+            stable = torch.ones(argmax.shape[0], dtype=torch.bool, device=argmax.device)
+        else:
+            if self.history is None:
+                self.history = torch.full((self.stability, *argmax.shape), -1, dtype=argmax.dtype, device=argmax.device)
+            stable = (self.history == argmax[None]).all(dim=-1).all(dim=0)
+            self.history = torch.roll(self.history, shifts=-1, dims=0)
+            self.history[-1] = argmax
+        return stable & (entropy.mean(dim=-1) < self.confidence)

@@ -1,0 +1,1 @@
+"""diffgemma-lsp: the language server, tree-sitter context and CLIs."""
