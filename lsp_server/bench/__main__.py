@@ -1,0 +1,3 @@
+from lsp_server.bench.cli import main
+
+raise SystemExit(main())
