@@ -98,7 +98,9 @@ def summarize(records: list[dict]) -> dict:
             "programs": len(executions),
             "timeouts": sum(execution["status"] == "timeout" for execution in executions),
             "leftover_processes_killed": sum(execution["leftover_processes_killed"] for execution in executions),
-            "isolation": [{"programs": count, **dict(key)} for key, count in isolation_counts.most_common()],
+            "isolation": [{"programs": count, **{name: list(value) if isinstance(value, tuple) else value
+                                                 for name, value in key}}
+                          for key, count in isolation_counts.most_common()],
         },
     }
 

@@ -28,6 +28,10 @@ class _TaskInFlight:
     def executions_done(self) -> bool:
         return all(execution is None or execution.done() for execution in self.executions)
 
+    def finished_cleanly(self) -> bool:
+        return all(execution is None or (execution.done() and not execution.cancelled()
+                                         and execution.exception() is None) for execution in self.executions)
+
 
 def run_benchmark(tasks: list[InfillTask], completer: Completer, journal: Journal, progress: Progress, *,
                   sandbox: Sandbox | None, samples_per_task: int = 1) -> None:
@@ -54,8 +58,15 @@ def run_benchmark(tasks: list[InfillTask], completer: Completer, journal: Journa
                 _record(in_flight.popleft(), journal, progress)
         while in_flight:
             _record(in_flight.popleft(), journal, progress)
-    finally:
+    except BaseException:
+        # Programs already running finish (within their timeout); what finished is kept for a resumed run.
         pool.shutdown(wait=True, cancel_futures=True)
+        for entry in in_flight:
+            if entry.finished_cleanly():
+                _record(entry, journal, progress)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _complete(completer: Completer, task: InfillTask, *, cold: bool) -> dict:
