@@ -70,6 +70,19 @@ def test_a_run_resumes_from_its_output_and_refuses_another_configuration(tmp_pat
 
     assert main([*ORACLE_RUN, "--out", str(out), "--no-plots", "--seed", "1"]) == 1
     assert "holds a run with another configuration (seed: 0 there, 1 now)" in capsys.readouterr().err
+    (out / "run.json").unlink()
+    assert main([*ORACLE_RUN, "--out", str(out), "--no-plots"]) == 1
+    assert "has records but no run.json" in capsys.readouterr().err
+
+
+def test_a_run_that_recorded_nothing_does_not_pin_its_configuration(tmp_path, capsys):
+    out = tmp_path / "run"
+    tree = REPO_ROOT / "lsp_server" / "bench"
+    assert main(["--completer", "server", "--repo", str(tree), "--limit", "2", "--no-progress", "--out", str(out)]) == 1
+    assert "not wired" in capsys.readouterr().err
+    assert main(["--completer", "oracle", "--repo", str(tree), "--limit", "2", "--no-progress", "--no-plots",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["completer"] == "oracle"
 
 
 def test_repo_run_scores_text_metrics_without_a_sandbox(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lsp_server.bench.metrics import pass_at_k
-from lsp_server.bench.sandbox import SANDBOX_UID_BASE, SANDBOX_UID_COUNT, Sandbox, SandboxLimits, _lease_uids
+from lsp_server.bench.sandbox import SANDBOX_UID_BASE, Sandbox, SandboxLimits, _lease_uids
 from lsp_server.bench.tasks import DEFAULT_DATA_DIR, load_humaneval
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +33,14 @@ def sandbox():
 
 
 @pytest.fixture(autouse=True)
-def machine_is_fine_afterwards():
+def machine_is_fine_afterwards(sandbox):
+    """No process of the shared sandbox's uids outlives a test (as root; other runs hold other uids)."""
     yield
-    assert _sandbox_processes() == [], "a sandboxed process outlived its run"
+    assert _processes_of(set(sandbox.uids)) == [], "a sandboxed process outlived its run"
 
 
-def _sandbox_processes() -> list[int]:
-    """Live processes owned by any sandbox uid (independent of the sandbox's own bookkeeping)."""
+def _processes_of(uids: set[int]) -> list[int]:
+    """Live processes owned by these uids (read from /proc, independently of the sandbox's own bookkeeping)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -49,8 +50,7 @@ def _sandbox_processes() -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        uid = int(fields["Uid"].split()[0])
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT and not fields["State"].strip()[:1] == "Z":
+        if int(fields["Uid"].split()[0]) in uids and fields["State"].strip()[:1] != "Z":
             pids.append(int(entry))
     return pids
 
@@ -67,7 +67,7 @@ def test_an_ordinary_program_passes_and_reports_its_isolation(sandbox):
     assert result.isolation["python_guard"] is True
     assert result.isolation["dropped_privileges"] is IS_ROOT
     if IS_ROOT:
-        assert SANDBOX_UID_BASE <= result.isolation["uid"] < SANDBOX_UID_BASE + SANDBOX_UID_COUNT
+        assert result.isolation["uid"] in sandbox.uids and result.isolation["uid"] >= SANDBOX_UID_BASE
 
 
 @pytest.mark.parametrize("program", ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n"])
@@ -118,7 +118,7 @@ def test_a_detached_background_process_does_not_survive_the_run(sandbox):
             time.sleep(600)
     """))
     assert result.status == "passed"
-    assert _sandbox_processes() == []
+    assert _processes_of(set(sandbox.uids)) == []
 
 
 def test_memory_bomb_fails_fast_with_memory_error(sandbox):
@@ -209,6 +209,7 @@ def test_without_namespaces_only_the_python_guard_stops_network_use(listener):
         assert guarded.status == "failed" and "network access is not allowed" in guarded.output_tail
         assert _accepted_connections(listener) == 0
         leaked = fallback.run(attempts["in a subprocess"])
+        assert _processes_of(set(fallback.uids)) == []
     assert leaked.isolation["network_namespace"] is False
     assert leaked.isolation["notes"] == ["namespaces disabled by configuration"]
     assert leaked.status == "passed" and _accepted_connections(listener) == 1
@@ -248,7 +249,7 @@ def test_an_unprivileged_runner_gets_namespaces_through_a_user_namespace(sandbox
         assert [status for status, _ in results] == ["passed", "failed", "failed", "passed", "timeout"]
         assert not escape.exists()
         assert _accepted_connections(listener) == 0
-        assert _sandbox_processes() == []
+        assert _processes_of({slot.uid}) == []
     finally:
         escape.unlink(missing_ok=True)
         os.close(slot.lock_fd)
@@ -270,6 +271,7 @@ def test_example_problem_with_its_ten_known_samples_gives_pass_at_1_of_0_30():
     with Sandbox(SandboxLimits(), slots=2) as default_sandbox:
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(lambda text: default_sandbox.run(task.program(text)), completions))
+        assert _processes_of(set(default_sandbox.uids)) == []
     passed = [result.passed for result in results]
     assert passed == [False] * 7 + [True] * 3  # only "return " followed by the suffix "1" passes
     assert [result.status for result in results].count("timeout") == 2

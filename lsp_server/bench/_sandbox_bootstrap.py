@@ -204,7 +204,10 @@ def main() -> None:
         _try_unshare(CLONE_NEWIPC, "CLONE_NEWIPC", notes)
         if _try_unshare(CLONE_NEWNS, "CLONE_NEWNS", notes):
             owner = (uid, gid) if is_root else (NAMESPACE_ID, NAMESPACE_ID)
-            readonly = _make_filesystem_readonly(scratch, limits["scratch_mb"], *owner, notes)
+            try:
+                readonly = _make_filesystem_readonly(scratch, limits["scratch_mb"], *owner, notes)
+            except OSError as error:  # half done is still no less strict; the scratch directory stays on disk
+                notes.append(f"no read-only view: {error}")
         pid_namespace = _try_unshare(CLONE_NEWPID, "CLONE_NEWPID", notes)
     if pid_namespace:
         child = os.fork()  # the child is init of the new namespace: when it exits, the kernel kills the rest

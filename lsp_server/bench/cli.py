@@ -111,18 +111,21 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(len(tasks), already_done=len(tasks) - len(pending), enabled=not args.no_progress)
     try:
         if pending:
-            completer = make_completer(CompleterSettings(backend=args.completer, model=args.model, seed=args.seed))
-            session["startup_ms"] = (time.monotonic() - started) * 1000.0
             limits = SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb)
             needs_sandbox = any(task.executable for task in pending)
-            try:
-                with (Sandbox(limits, slots=args.workers, python=args.sandbox_python) if needs_sandbox
-                      else nullcontext()) as sandbox:
-                    session["sandbox_python"] = sandbox.python if sandbox else None
+            # The sandbox first: it fails fast, the back-end may take long to start.
+            with (Sandbox(limits, slots=args.workers, python=args.sandbox_python) if needs_sandbox
+                  else nullcontext()) as sandbox:
+                session["sandbox_python"] = sandbox.python if sandbox else None
+                backend_started = time.monotonic()
+                completer = make_completer(CompleterSettings(backend=args.completer, model=args.model,
+                                                             seed=args.seed))
+                session["startup_ms"] = (time.monotonic() - backend_started) * 1000.0
+                try:
                     run_benchmark(tasks, completer, journal, progress, sandbox=sandbox,
                                   samples_per_task=args.samples)
-            finally:
-                completer.close()
+                finally:
+                    completer.close()
     finally:
         progress.close()
         journal.close()

@@ -28,18 +28,20 @@ class Journal:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise BenchError(f"cannot create the output directory {out_dir}: {error.strerror}") from None
+        self.records_path = out_dir / RECORDS_FILE
+        self.records: dict[str, dict] = self._load()
         run_path = out_dir / RUN_FILE
-        if run_path.exists():
+        if self.records:  # without records there is nothing a new configuration could mix with
+            if not run_path.exists():
+                raise BenchError(f"{out_dir} has records but no {RUN_FILE} saying which configuration made them; "
+                                 "choose another --out")
             previous = json.loads(run_path.read_text(encoding="utf-8"))
             differences = [f"{key}: {previous.get(key)!r} there, {config.get(key)!r} now"
                            for key in sorted(set(previous) | set(config)) if previous.get(key) != config.get(key)]
             if differences:
                 raise BenchError(f"{out_dir} holds a run with another configuration ({'; '.join(differences)}); "
                                  "resume it with the same options or choose another --out")
-        else:
-            run_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        self.records_path = out_dir / RECORDS_FILE
-        self.records: dict[str, dict] = self._load()
+        run_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         self._file = open(self.records_path, "a", encoding="utf-8")
 
     def _load(self) -> dict[str, dict]:

@@ -11,12 +11,14 @@ reported per program in `ExecutionResult.isolation`:
   ignores it), and after each program every process of that uid is killed, so nothing a program started survives.
 - Namespaces where the kernel allows them: a new network namespace (no interface but a down loopback, so no
   network at all), IPC and PID namespaces (the program is init; when it exits the kernel kills the rest), and as
-  root a mount namespace in which every mount is read-only and nosuid and the scratch directory is a small tmpfs.
-  Unprivileged, a user namespace is tried first to get the network and PID namespaces.
+  a mount namespace in which every mount is read-only and nosuid and the scratch directory is a small tmpfs.
+  Unprivileged, a user namespace is entered first to create them; its capabilities are dropped before the program.
 - A Python audit hook refusing writes outside the scratch directory and socket use (second line of defence).
 
-Not covered: kernel exploits, CPU time stolen from other work within the limits, and, when running unprivileged
-without a mount namespace, subprocess-level writes to files the invoking user may write.
+Not covered: kernel exploits; CPU and memory bandwidth taken from other work within the limits. Where the kernel
+refuses the namespaces, what they give is missing and the results say so: a subprocess can then reach the network
+and write wherever the program's user may (as root, world-writable places only; unprivileged, also the invoking
+user's files), and, unprivileged, a process that leaves the process group survives until its CPU limit.
 """
 
 from __future__ import annotations
@@ -96,16 +98,17 @@ class Sandbox:
     """Runs Python programs one process each; `run` may be called from `slots` threads at once."""
 
     def __init__(self, limits: SandboxLimits = SandboxLimits(), *, slots: int = 1, python: str | None = None,
-                 namespaces: bool = True, work_dir: str | None = None) -> None:
+                 namespaces: bool = True) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
         self.limits = limits
         self.slots = slots
         self.namespaces = namespaces
-        self.work_dir = work_dir or tempfile.gettempdir()
         self.privileged = os.geteuid() == 0
         self._slots: queue.Queue[_Slot] = queue.Queue()
-        for slot in (_lease_uids(slots) if self.privileged else [_Slot(None)] * slots):
+        leased = _lease_uids(slots) if self.privileged else [_Slot(None)] * slots
+        self.uids = tuple(slot.uid for slot in leased if slot.uid is not None)  # the programs' uids, as root
+        for slot in leased:
             self._slots.put(slot)
         try:
             self.python = self._choose_python(python)
@@ -140,7 +143,11 @@ class Sandbox:
         slot = self._slots.get()
         try:
             for python in candidates:
-                result = self._run_in_slot(slot, python, PROBE_PROGRAM)
+                try:
+                    result = self._run_in_slot(slot, python, PROBE_PROGRAM)
+                except SandboxError as error:
+                    failures.append(f"{python}: {error}")
+                    continue
                 if result.passed:
                     return python
                 failures.append(f"{python}: {result.status}, exit code {result.exit_code}: {result.output_tail}")
@@ -150,55 +157,44 @@ class Sandbox:
                            + (" as an unprivileged user" if self.privileged else "") + ":\n" + "\n".join(failures))
 
     def _run_in_slot(self, slot: _Slot, python: str, source: str) -> ExecutionResult:
-        run_dir = Path(tempfile.mkdtemp(prefix="diffgemma-sandbox-", dir=self.work_dir))
-        status_read, status_write = os.pipe()
+        run_dir = Path(tempfile.mkdtemp(prefix="diffgemma-sandbox-"))
         try:
-            run_dir.chmod(0o711)  # the sandbox user may reach scratch/ but read nothing else here
-            program = run_dir / "program.py"
-            with open(os.open(program, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as out:
-                out.write(source)
-            scratch = run_dir / "scratch"
-            scratch.mkdir(mode=0o700)
-            if slot.uid is not None:
-                os.chown(scratch, slot.uid, slot.uid)
-            config = {"program": str(program), "scratch": str(scratch), "status_fd": status_write,
-                      "uid": slot.uid, "gid": slot.uid, "namespaces": self.namespaces,
-                      "limits": {"cpu_seconds": self.limits.cpu_seconds, "memory_mb": self.limits.memory_mb,
-                                 "file_size_mb": self.limits.file_size_mb, "open_files": self.limits.open_files,
-                                 "scratch_mb": self.limits.scratch_mb, "processes": self._process_limit(slot)}}
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch),
-                   "LANG": "C.UTF-8"}
+            config = self._prepare(run_dir, slot, source)
             output_path = run_dir / "output.log"
-            with open(output_path, "wb") as output:
-                started = time.monotonic()
-                process = subprocess.Popen(
-                    [python, "-I", "-S", "-B", str(BOOTSTRAP), json.dumps(config)], stdin=subprocess.DEVNULL,
-                    stdout=output, stderr=subprocess.STDOUT, cwd=run_dir, env=env, start_new_session=True,
-                    pass_fds=(status_write,))
-            os.close(status_write)
-            status_write = -1
-            timed_out = False
+            status_read, status_write = os.pipe()
             try:
-                process.wait(timeout=self.limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                config["status_fd"] = status_write
+                with open(output_path, "wb") as output:
+                    started = time.monotonic()
+                    try:
+                        process = subprocess.Popen(
+                            [python, "-I", "-S", "-B", str(BOOTSTRAP), json.dumps(config)], stdin=subprocess.DEVNULL,
+                            stdout=output, stderr=subprocess.STDOUT, cwd=run_dir, env=_environment(config["scratch"]),
+                            start_new_session=True, pass_fds=(status_write,))
+                    except OSError as error:
+                        raise SandboxError(f"cannot start the sandbox with {python}: {error}") from None
+                    finally:
+                        os.close(status_write)
+                timed_out = False
+                try:
+                    process.wait(timeout=self.limits.timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                finally:
+                    _kill_process_group(process.pid)
+                    process.wait()
+                duration_ms = (time.monotonic() - started) * 1000.0
+                killed = _kill_processes_of(slot.uid) if slot.uid is not None else 0
+                status_lines = _read_available(status_read).splitlines()
             finally:
-                _kill_process_group(process.pid)
-                process.wait()
-            duration_ms = (time.monotonic() - started) * 1000.0
-            killed = _kill_processes_of(slot.uid) if slot.uid is not None else 0
-            status_lines = _read_available(status_read).splitlines()
+                os.close(status_read)
             output_tail = _tail(output_path)
         finally:
-            os.close(status_read)
-            if status_write >= 0:
-                os.close(status_write)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir)
 
         if not status_lines and not timed_out:
             raise SandboxError(f"the sandbox failed to start the program (exit code {process.returncode}):\n"
                                f"{output_tail}")
-        isolation = json.loads(status_lines[0]) if status_lines else {}
         if timed_out:
             status = "timeout"
         elif "completed" in status_lines[1:] and process.returncode == 0:
@@ -206,14 +202,35 @@ class Sandbox:
         else:
             status = "failed"
         return ExecutionResult(status=status, exit_code=None if timed_out else process.returncode,
-                               duration_ms=duration_ms, output_tail=output_tail, isolation=isolation,
+                               duration_ms=duration_ms, output_tail=output_tail,
+                               isolation=json.loads(status_lines[0]) if status_lines else {},
                                leftover_processes_killed=killed)
+
+    def _prepare(self, run_dir: Path, slot: _Slot, source: str) -> dict:
+        """Lay out the run directory; returns the bootstrap's configuration (all but the status descriptor)."""
+        run_dir.chmod(0o711)  # the sandbox user may reach scratch/ but list and read nothing else here
+        program = run_dir / "program.py"
+        with open(os.open(program, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as out:
+            out.write(source)
+        scratch = run_dir / "scratch"
+        scratch.mkdir(mode=0o700)
+        if slot.uid is not None:
+            os.chown(scratch, slot.uid, slot.uid)
+        limits = {"cpu_seconds": self.limits.cpu_seconds, "memory_mb": self.limits.memory_mb,
+                  "file_size_mb": self.limits.file_size_mb, "open_files": self.limits.open_files,
+                  "scratch_mb": self.limits.scratch_mb, "processes": self._process_limit(slot)}
+        return {"program": str(program), "scratch": str(scratch), "uid": slot.uid, "gid": slot.uid,
+                "namespaces": self.namespaces, "limits": limits}
 
     def _process_limit(self, slot: _Slot) -> int:
         if slot.uid is not None:
             return self.limits.processes
         # RLIMIT_NPROC counts every process of the invoking user: leave room for those already running.
         return len(_live_processes_of(os.getuid())) + self.limits.processes
+
+
+def _environment(scratch: str) -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
 
 
 def _python_candidates() -> list[str]:
