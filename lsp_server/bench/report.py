@@ -98,8 +98,8 @@ def markdown_report(summary: dict, config: dict) -> str:
     lines = [f"| {kind} | {block['n']} | {number(block['pass_at_1'])} | {number(block['exact_match'])} "
              f"| {number(block['edit_similarity'])} | {number(block['syntax_valid'])} | {latency(block['latency_ms'])} "
              f"| {number(block['tokens_per_forward'], 2)} |" for kind, block in rows]
-    model = config.get("model") or "default"
-    notes = [f"Completer `{config['completer']}`, model `{model}`, {summary['samples']} samples."]
+    model = f", model `{config['model']}`" if config.get("model") else ""
+    notes = [f"Completer `{config['completer']}`{model}, {summary['samples']} samples."]
     if summary["pass_at_k"]:
         notes.append("Unbiased " + ", ".join(f"pass@{k} {value:.3f}" for k, value in summary["pass_at_k"].items())
                      + ".")
