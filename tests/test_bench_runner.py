@@ -9,7 +9,7 @@ import pytest
 from lsp_server.bench import BenchError
 from lsp_server.bench.completers import Completion, CompletionError
 from lsp_server.bench.metrics import summarize
-from lsp_server.bench.report import Journal, Progress
+from lsp_server.bench.report import Journal, Progress, markdown_report
 from lsp_server.bench.runner import run_benchmark
 from lsp_server.bench.sandbox import Sandbox, SandboxLimits
 from lsp_server.bench.tasks import InfillTask
@@ -59,7 +59,8 @@ def _run(tmp_path, tasks, completer, sandbox, samples_per_task=1):
 def test_samples_per_task_give_pass_at_k_and_failed_requests_count_as_failures(tmp_path, sandbox):
     tasks = [_task(1), _task(2)]
     completer = ScriptedCompleter({
-        "t/1": [Completion("    return 1", 120.0, tokens_per_forward=3.0), Completion("    return 7", 80.0),
+        "t/1": [Completion("    return 1", 120.0, engine_ms_per_canvas=40.0, tokens_per_forward=3.0),
+                Completion("    return 7", 80.0),
                 CompletionError("server timed out")],
         "t/2": [Completion("    return 2", 90.0), Completion("    return 2", 95.0), Completion("    return 2", 99.0)],
     })
@@ -77,6 +78,10 @@ def test_samples_per_task_give_pass_at_k_and_failed_requests_count_as_failures(t
     assert summary["pass_at_k"] == {}  # k = 10 needs 10 samples per task
     assert summary["errors"] == 1 and summary["tokens_per_forward"] == 3.0
     assert summary["cold_latency_ms"] == 120.0
+
+    report = markdown_report(summary, {"completer": "scripted", "model": None})
+    assert "| unit | 2 | 0.667 | 0.667 | 0.812 | 0.833 | 92 / 98 / 99 | 3.00 |" in report
+    assert "Engine: ms per canvas 40.0." in report and "1 requests failed" in report
 
 
 def test_an_invalid_completion_stops_the_run_and_keeps_what_finished(tmp_path, sandbox):

@@ -94,7 +94,7 @@ def markdown_report(summary: dict, config: dict) -> str:
 
     header = ("| task | n | pass@1 | exact match | edit similarity | syntax valid | latency p50 / p90 / p99 (ms) "
               "| tokens / forward |\n|---|---:|---:|---:|---:|---:|---:|---:|")
-    rows = [(kind, block) for kind, block in summary["by_kind"].items()] + [("**all**", summary)]
+    rows = [*summary["by_kind"].items(), ("**all**", summary)]
     lines = [f"| {kind} | {block['n']} | {number(block['pass_at_1'])} | {number(block['exact_match'])} "
              f"| {number(block['edit_similarity'])} | {number(block['syntax_valid'])} | {latency(block['latency_ms'])} "
              f"| {number(block['tokens_per_forward'], 2)} |" for kind, block in rows]
@@ -105,6 +105,13 @@ def markdown_report(summary: dict, config: dict) -> str:
                      + ".")
     if summary["cold_latency_ms"] is not None:
         notes.append(f"First (cold) request: {summary['cold_latency_ms']:.0f} ms, not in the percentiles.")
+    engine = [f"{label} {summary[name]:.1f}" for name, label in (
+        ("engine_ms_per_canvas", "ms per canvas"), ("engine_ms_per_step", "ms per step"),
+        ("peak_memory_mb", "peak memory (MB)")) if summary[name] is not None]
+    if engine:
+        notes.append("Engine: " + ", ".join(engine) + ".")
+    if summary["errors"]:
+        notes.append(f"{summary['errors']} requests failed; they count as failed samples.")
     if summary["sandbox"]["programs"]:
         notes.append(_sandbox_note(summary["sandbox"]))
     return "\n".join([header, *lines, "", *notes]) + "\n"
