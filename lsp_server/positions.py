@@ -166,9 +166,10 @@ class LineIndex:
     def replace_lines(self, first_line: int, last_line: int, new_source: bytes, region_start: int, region_end: int) -> None:
         """Re-index lines ``first_line..last_line`` whose new text is ``new_source[region_start:region_end]``.
 
-        The region must start at a line start and end after a terminator or at the end of the text.
+        The region must start at a line start and end after a terminator or, when ``last_line`` is the
+        final line, at the end of the text.
         """
-        at_end = region_end == len(new_source)
+        at_end = last_line == len(self._lengths) - 1
         self._lengths[first_line : last_line + 1] = _line_lengths(new_source[region_start:region_end], at_end)
         del self._starts[first_line + 1 :]
 
