@@ -173,7 +173,18 @@ GO = LanguageSpec(
     grammar=tree_sitter_go.language,
     line_comment="//",
     definition_types=frozenset({"function_declaration", "method_declaration", "func_literal", "type_declaration"}),
-    body_types=frozenset({"source_file", "block", "statement_list", "field_declaration_list", "interface_type"}),
+    body_types=frozenset(
+        {
+            "source_file",
+            "block",
+            "statement_list",
+            "field_declaration_list",
+            "interface_type",
+            "expression_switch_statement",
+            "type_switch_statement",
+            "select_statement",
+        }
+    ),
     import_types=frozenset({"package_clause", "import_declaration"}),
     block_opener=_BRACE_OPENER,
 )

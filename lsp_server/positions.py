@@ -148,10 +148,11 @@ class LineIndex:
 
     def line_end(self, line: int, source: bytes) -> int:
         """Byte offset where ``line``'s content ends (before its terminator)."""
-        end = self.line_start(line) + self._lengths[line]
-        if source[end - 1 : end] == b"\n":
-            end -= 2 if source[end - 2 : end] == b"\r\n" else 1
-        elif source[end - 1 : end] == b"\r":
+        start = self.line_start(line)
+        end = start + self._lengths[line]
+        if end > start and source[end - 1] == ord("\n"):
+            end -= 2 if end - 2 >= start and source[end - 2] == ord("\r") else 1
+        elif end > start and source[end - 1] == ord("\r"):
             end -= 1
         return end
 
