@@ -599,10 +599,17 @@ def _select_snippets(
     remaining = budget
     for score, path, chunk in candidates[:_SNIPPET_CANDIDATES]:
         label = f"{comment} Path: {path}\n" if comment else f"Path: {path}\n"
-        snippet = _fitting_snippet(Snippet(path, chunk.start_line, chunk.text, score, label), remaining, count_tokens)
-        if snippet is not None:
+        snippet = Snippet(path, chunk.start_line, chunk.text, score, label)
+        cost = count_tokens(snippet.rendered)
+        if cost <= remaining:
             chosen.append(snippet)
-            remaining -= count_tokens(snippet.rendered)
+            remaining -= cost
+            continue
+        # The best chunk that does not fit is shortened to fill the rest of the budget, which ends the search.
+        shortened = _shortened_snippet(snippet, remaining, count_tokens)
+        if shortened is not None:
+            chosen.append(shortened)
+        break
     # Separate counts can under-estimate the joined block: drop the weakest snippets until it fits.
     while chosen:
         tokens = count_tokens("".join(snippet.rendered for snippet in chosen))
@@ -612,10 +619,8 @@ def _select_snippets(
     return (), 0
 
 
-def _fitting_snippet(snippet: Snippet, budget: int, count_tokens: TokenCounter) -> Snippet | None:
-    """``snippet``, or its longest run of leading lines (at least a few) that fits in ``budget`` tokens."""
-    if count_tokens(snippet.rendered) <= budget:
-        return snippet
+def _shortened_snippet(snippet: Snippet, budget: int, count_tokens: TokenCounter) -> Snippet | None:
+    """The longest run of ``snippet``'s leading lines (at least a few) that fits in ``budget`` tokens."""
     lines = snippet.text.split("\n")
     low, high = _SNIPPET_MIN_LINES - 1, len(lines) - 1  # binary search for the longest fitting run
     while low < high:

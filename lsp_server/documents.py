@@ -287,14 +287,23 @@ class Document:
         self._text: str | None = None
         self._lines = LineIndex(source)
         self._segments = [_Segment(0, len(source), 0, None)]
+        self._segments_changed()
+
+    def _segments_changed(self) -> None:
+        self._settled = False
+        self._segment_starts: list[int] | None = None
 
     def _segment_index(self, offset: int) -> int:
         if not 0 <= offset <= len(self._source):
             raise PositionError(f"byte offset {offset} is outside {self.uri} (0..{len(self._source)})")
-        return bisect_right([segment.start for segment in self._segments], offset) - 1
+        if self._segment_starts is None:
+            self._segment_starts = [segment.start for segment in self._segments]
+        return bisect_right(self._segment_starts, offset) - 1
 
     def _settle(self) -> None:
         """Re-parse every stale segment, merging or splitting segments whose boundaries no longer hold."""
+        if self._settled:
+            return
         index = 0
         while index < len(self._segments):
             if not self._segments[index].stale:
@@ -306,6 +315,7 @@ class Document:
                 index -= 1
             elif not (self._segment_lines(index) >= 4 * SEGMENT_LINES and self._split(index)):
                 index += 1
+        self._settled = True
 
     def _parse_segment(self, index: int) -> None:
         segment = self._segments[index]
@@ -321,12 +331,13 @@ class Document:
         segment.stale = False
 
     def _starts_inside_previous(self, index: int) -> bool:
-        """Whether a segment no longer starts with an unindented, well-formed top-level node."""
+        """Whether a segment's first line became indented, i.e. continues the previous segment's code.
+
+        Syntax errors are no reason to merge: tree-sitter often wraps everything from an error back to
+        the start of the tree in one ERROR node, and merging on that would cascade through the file.
+        """
         segment = self._segments[index]
-        first_child = segment.tree.root_node.child(0)
-        return self._source[segment.start : segment.start + 1] in (b" ", b"\t") or (
-            first_child is not None and first_child.is_error
-        )
+        return self._source[segment.start : segment.start + 1] in (b" ", b"\t")
 
     def _segment_lines(self, index: int) -> int:
         following = self._segments[index + 1].start_row if index + 1 < len(self._segments) else self.line_count
@@ -357,6 +368,7 @@ class Document:
         self._segments[index : index + 1] = [
             _Segment(start, end, row, None) for start, end, row in zip(boundaries, ends, rows)
         ]
+        self._segments_changed()
         return True
 
     def _starts_line(self, offset: int) -> bool:
@@ -369,9 +381,11 @@ class Document:
         """Replace segments ``first..last`` by one segment that is parsed from scratch."""
         merged = _Segment(self._segments[first].start, self._segments[last].end, self._segments[first].start_row, None)
         self._segments[first : last + 1] = [merged]
+        self._segments_changed()
 
     def _edit_segments(self, edit: _Edit, line_delta: int) -> None:
         starts = [segment.start for segment in self._segments]
+        self._segments_changed()
         first = bisect_right(starts, edit.start) - 1
         # The last segment whose bytes the edit replaces; a pure insertion belongs to `first` alone.
         last = max(first, bisect_right(starts, edit.old_end - 1) - 1) if edit.old_end > edit.start else first

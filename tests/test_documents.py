@@ -317,6 +317,19 @@ def test_indenting_the_first_line_of_a_segment_merges_it_into_the_previous_one(s
     assert all(document.text_between(s.start, s.start + 1) not in (" ", "\t") for s in document._segments)
 
 
+def test_a_syntax_error_inside_a_segment_does_not_merge_segments(small_segments):
+    document = Document("file:///big.py", sample("py") * 3, "python")
+    document.root_at(0)
+    count = len(document._segments)
+    # An unclosed "(" in a class docstring line: tree-sitter makes the code before it one ERROR node.
+    line = document.text.count("\n", 0, document.text.index('    """Keeps quantities per SKU'))
+    column = len(document.line_text(line)) - len(document.line_text(line).lstrip())
+    document.apply_change(((line, column), (line, column)), "x(")
+    assert document.root_at(document.line_start(line)).has_error
+    assert len(document._segments) == count
+    assert segment_trees_are_fresh(document)
+
+
 def test_incremental_reparse_of_a_20000_line_file_is_far_cheaper_than_a_full_parse():
     text = large_python_source()
     document = Document("file:///big.py", text, "python")
