@@ -170,10 +170,14 @@ def _enter_user_namespace(notes: list) -> bool:
     uid, gid = os.getuid(), os.getgid()
     if not _try_unshare(CLONE_NEWUSER, "CLONE_NEWUSER", notes):
         return False
-    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{NAMESPACE_ID} {uid} 1"),
-                       ("/proc/self/gid_map", f"{NAMESPACE_ID} {gid} 1")):
-        with open(path, "w") as mapping:
-            mapping.write(text)
+    try:
+        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{NAMESPACE_ID} {uid} 1"),
+                           ("/proc/self/gid_map", f"{NAMESPACE_ID} {gid} 1")):
+            with open(path, "w") as mapping:
+                mapping.write(text)
+    except OSError as error:  # an unmapped user namespace grants nothing usable: go on without namespaces
+        notes.append(f"could not map the user into its namespace: {error}")
+        return False
     return True
 
 
