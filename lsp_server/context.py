@@ -54,7 +54,7 @@ _IDENTIFIER = re.compile(r"[^\W\d]\w+")
 
 
 class ContextError(ValueError):
-    """Invalid context-building input (a budget that cannot be met)."""
+    """An invalid context budget."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ContextBudget:
 
 @dataclass(frozen=True)
 class Snippet:
-    """Code from another open document, labelled with its path."""
+    """Code from another open document (from 0-based ``start_line``), labelled with its path."""
 
     path: str
     start_line: int
@@ -118,7 +118,7 @@ class InfillContext:
 
     @property
     def total_tokens(self) -> int:
-        """Tokens of prefix, suffix and snippets together."""
+        """Tokens of prefix, suffix and snippets, each counted on its own."""
         return self.prefix_tokens + self.suffix_tokens + self.snippet_tokens
 
     def prompt_prefix(self) -> str:
@@ -555,7 +555,7 @@ def _node_spans(document: Document, nodes: Iterable[tree_sitter.Node]) -> Iterat
             if group is not None:
                 yield group
                 group = None
-            body = node.child_by_field_name("body")
+            body = _body_of(node)
             members = body.named_children if body is not None else []
             if members:
                 yield from _node_spans(document, members)
@@ -570,6 +570,14 @@ def _node_spans(document: Document, nodes: Iterable[tree_sitter.Node]) -> Iterat
             group = (first, last)
     if group is not None:
         yield group
+
+
+def _body_of(node: tree_sitter.Node) -> tree_sitter.Node | None:
+    """The ``body`` of a definition, looking through one wrapper (export, decorator, template)."""
+    body = node.child_by_field_name("body")
+    if body is None and node.named_child_count:
+        body = node.named_child(node.named_child_count - 1).child_by_field_name("body")
+    return body
 
 
 def _select_snippets(

@@ -82,8 +82,13 @@ class Document:
         text: str,
         language_id: str | None = None,
         version: int = 0,
-        encoding: PositionEncoding = PositionEncoding.UTF16,
+        encoding: PositionEncoding | str = PositionEncoding.UTF16,
     ) -> None:
+        """Open ``text``; the language comes from ``language_id``, else from the URI's extension.
+
+        ``encoding`` is the negotiated LSP position encoding that ``offset_at``/``position_at`` speak.
+        ``revision`` counts applied changes (unlike ``version``, it is ours and always increases).
+        """
         self.uri = uri
         self.language_id = language_id
         self.version = version
@@ -467,7 +472,13 @@ def _common_suffix_length(a: bytes, b: bytes) -> int:
     return low
 
 
-ContentChange = object  # an lsprotocol content change event, or a (range | None, text) tuple
+class ContentChangeEvent(Protocol):
+    """Anything shaped like an lsprotocol content change event; without a ``range`` it replaces everything."""
+
+    text: str
+
+
+ContentChange = ContentChangeEvent | tuple[RangeLike | None, str]
 
 
 def _unpack_change(change: ContentChange) -> tuple[RangeLike | None, str]:

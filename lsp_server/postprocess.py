@@ -8,7 +8,8 @@ Steps, in order:
 3. Single-line mode keeps the first line only.
 4. Multi-line and block modes stop at the end of the enclosing block: by syntax when the middle spliced
    into the document parses without new errors (the innermost body around the middle's first code ends
-   before the middle does), otherwise by indentation (the first line indented at or above the scope).
+   before the middle does), otherwise by indentation (at the first line indented less than the block's
+   body, keeping a closing bracket line at the header's indentation).
 5. Trailing lines that repeat the lines following the cursor are removed.
 6. Brackets and quotes are balanced against the rest of the line: of the middle, the middle without a
    tail that repeats the text right of the cursor, and the middle with its unclosed brackets closed, the
@@ -136,25 +137,25 @@ def _block_end_by_syntax(middle: str, document: Document, offset: int) -> int | 
 
 
 def _block_end_by_indentation(middle: str, document: Document, offset: int, mode: CompletionMode) -> int:
-    """Character index of the first middle line that leaves the cursor's scope by indentation.
+    """Character index where the middle leaves the cursor's scope by indentation.
 
-    In block mode the scope is the body of the header the cursor ends; a closing bracket line at the
-    header's indentation still belongs to it. Otherwise the scope is the cursor's indentation level.
+    At the end of a block header (or on a blank line under one whose body is empty) the scope is that
+    header's body, and a closing bracket line at the header's indentation still belongs to it. On a blank
+    line in a body the scope is the cursor's indentation level.
     """
     line = document.line_at(offset)
     left = document.text_between(document.line_start(line), offset)
-    if mode is CompletionMode.BLOCK:
+    header_scope = bool(left.strip()) or mode is CompletionMode.BLOCK
+    if header_scope:
         header = line if left.strip() else _previous_non_blank(document, line)
         scope_indent = _indent_width(document.line_text(header)) + 1
     else:
-        scope_indent = _indent_width(left) if not left.strip() else _indent_width(document.line_text(line))
+        scope_indent = _indent_width(left)
     position = 0
     for index, text in enumerate(middle.split("\n")):
         if index > 0 and text.strip() and _indent_width(text) < scope_indent:
-            closes_block = mode is CompletionMode.BLOCK and text.strip()[0] in _CLOSERS
-            if not (closes_block and _indent_width(text) == scope_indent - 1):
-                return position
-            return position + len(text)
+            closes_header = header_scope and text.strip()[0] in _CLOSERS and _indent_width(text) == scope_indent - 1
+            return position + len(text) if closes_header else position
         position += len(text) + 1
     return len(middle)
 
@@ -200,7 +201,7 @@ def balance_with_suffix(middle: str, document: Document, offset: int, left: str,
             variants.append(middle[:-length])
     closers = unclosed(middle)[0]
     if closers:
-        variants.append(middle + "".join(closers))
+        variants.append(middle.rstrip() + "".join(closers))
     if len(variants) == 1:
         return middle
 

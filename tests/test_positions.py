@@ -119,6 +119,7 @@ def test_line_index_understands_all_three_terminators():
         b"four",
         b"",
     ]
+    assert [index.line_end(line, source) for line in range(5)] == [3, 8, 14, 19, 21]
     assert index.line_at(0) == 0
     assert index.line_at(4) == 0  # the "\n" of "\r\n" belongs to line 0
     assert index.line_at(5) == 1

@@ -38,6 +38,11 @@ def test_block_end_falls_back_to_indentation_when_the_splice_does_not_parse():
     assert run("javascript", "function f() {‸\n}\n", raw) == "\n  return 1;"
 
 
+def test_indentation_fallback_at_a_header_with_a_body_keeps_to_the_body_and_closes_brackets():
+    raw = "\n    x = compute(\n\ndef other(:\n"
+    assert run("python", "def f():‸\n    return 1\n", raw) == "\n    x = compute()"
+
+
 def test_multi_line_completion_stops_at_a_dedent():
     marked = "class A:\n    def f(self):\n        x = 1\n        ‸\n"
     raw = "y = x + 1\n        return y\n\n    def g(self):\n        return 2\n"
