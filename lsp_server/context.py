@@ -62,8 +62,8 @@ class ContextBudget:
     """Token budget of a prompt and how it is split between prefix, suffix and other files.
 
     Shares are fractions of ``max_tokens`` and must add up to at most 1. Budget a part leaves unused goes
-    to the others: prefix <-> suffix first, then to snippets; without other documents the snippet share
-    is split between prefix and suffix.
+    to the others: prefix <-> suffix first, then to snippets; when no other document has related code the
+    snippet share is split between prefix and suffix.
     """
 
     max_tokens: int = 1024
@@ -72,7 +72,7 @@ class ContextBudget:
     other_files_share: float = 0.15
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
             raise ContextError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         shares = (self.prefix_share, self.suffix_share, self.other_files_share)
         if any(share < 0 for share in shares) or sum(shares) > 1 + 1e-9:
@@ -148,10 +148,11 @@ def build_context(
         return InfillContext("", "", (), mode, 0, 0, 0, offset, offset, offset, (), ())
 
     others = [other for other in other_documents if other.uri != document.uri]
+    candidates = _snippet_candidates(document, offset, others)
     counter = _MemoCounter(document, count_tokens)
     prefix_budget = int(budget.max_tokens * budget.prefix_share)
     suffix_budget = int(budget.max_tokens * budget.suffix_share)
-    if not others:
+    if not candidates:  # nothing related in other documents: their share goes to prefix and suffix
         spare = int(budget.max_tokens * budget.other_files_share)
         total_share = budget.prefix_share + budget.suffix_share
         prefix_extra = round(spare * budget.prefix_share / total_share) if total_share else 0
@@ -165,7 +166,7 @@ def build_context(
         suffix = _build_suffix(document, offset, suffix_budget + prefix_budget - prefix.tokens, counter)
 
     snippet_budget = budget.max_tokens - prefix.tokens - suffix.tokens
-    snippets, snippet_tokens = _select_snippets(document, offset, others, snippet_budget, count_tokens)
+    snippets, snippet_tokens = _select_snippets(document, candidates, snippet_budget, count_tokens)
     return InfillContext(
         prefix=prefix.text,
         suffix=suffix.text,
@@ -580,32 +581,38 @@ def _body_of(node: tree_sitter.Node) -> tree_sitter.Node | None:
     return body
 
 
-def _select_snippets(
-    document: Document, cursor: int, others: list[Document], budget: int, count_tokens: TokenCounter
-) -> tuple[tuple[Snippet, ...], int]:
-    """The most similar chunks of other documents that fit in ``budget`` tokens, best first."""
-    if budget <= 0 or not others:
-        return (), 0
+def _snippet_candidates(document: Document, cursor: int, others: list[Document]) -> list[tuple[float, str, _Chunk]]:
+    """(Jaccard score, path, chunk) of the other documents' chunks sharing identifiers with the cursor
+    window, best first (the few best only)."""
+    if not others:
+        return []
     line = document.line_at(cursor)
     around = document.text_between(
         document.line_start(max(0, line - _CURSOR_WINDOW_ABOVE)),
         document.line_end(min(document.line_count - 1, line + _CURSOR_WINDOW_BELOW)),
     )
     wanted = _identifiers(around, document)
-    if not wanted:
-        return (), 0
-    comment = document.spec.line_comment
     candidates = []
     for other in others:
         path = path_from_uri(other.uri)
         for chunk in _document_chunks(other):
-            score = len(wanted & chunk.identifiers) / len(wanted | chunk.identifiers)
-            if score > 0:
-                candidates.append((score, path, chunk))
+            shared = len(wanted & chunk.identifiers)
+            if shared:
+                candidates.append((shared / len(wanted | chunk.identifiers), path, chunk))
     candidates.sort(key=lambda candidate: (-candidate[0], candidate[1], candidate[2].start_line))
+    return candidates[:_SNIPPET_CANDIDATES]
+
+
+def _select_snippets(
+    document: Document, candidates: list[tuple[float, str, _Chunk]], budget: int, count_tokens: TokenCounter
+) -> tuple[tuple[Snippet, ...], int]:
+    """The best candidates that fit in ``budget`` tokens, labelled in ``document``'s comment syntax."""
+    comment = document.spec.line_comment
     chosen: list[Snippet] = []
     remaining = budget
-    for score, path, chunk in candidates[:_SNIPPET_CANDIDATES]:
+    for score, path, chunk in candidates:
+        if remaining <= 0:
+            break
         label = f"{comment} Path: {path}\n" if comment else f"Path: {path}\n"
         snippet = Snippet(path, chunk.start_line, chunk.text, score, label)
         cost = count_tokens(snippet.rendered)

@@ -74,7 +74,10 @@ class _Segment:
 
 
 class Document:
-    """One open text document: text, version, language and syntax tree(s)."""
+    """One open text document: text, version, language and syntax tree(s).
+
+    Not thread-safe: use each document from one thread (the server's event loop).
+    """
 
     def __init__(
         self,
@@ -89,6 +92,8 @@ class Document:
         ``encoding`` is the negotiated LSP position encoding that ``offset_at``/``position_at`` speak.
         ``revision`` counts applied changes (unlike ``version``, it is ours and always increases).
         """
+        if not isinstance(text, str):
+            raise DocumentError(f"document text must be a string, got {type(text).__name__}")
         self.uri = uri
         self.language_id = language_id
         self.version = version
@@ -166,6 +171,8 @@ class Document:
 
     def apply_change(self, change_range: RangeLike | None, text: str) -> None:
         """Apply one LSP content change: replace ``change_range`` by ``text``, or everything if it is None."""
+        if not isinstance(text, str):
+            raise InvalidChangeError(f"change text must be a string, got {type(text).__name__}")
         new_bytes = encode_text(text)
         if change_range is None:
             self._replace_all(new_bytes)

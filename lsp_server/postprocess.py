@@ -36,6 +36,8 @@ _STYLE_SAMPLE_LINES = 200
 
 def postprocess(raw_middle: str, document: Document, position: PositionLike, mode: CompletionMode) -> str | None:
     """The cleaned-up middle for ``position``, or None if nothing useful remains."""
+    if not isinstance(raw_middle, str):
+        raise TypeError(f"the raw middle must be a string, got {type(raw_middle).__name__}")
     if mode is CompletionMode.NONE:
         return None
     offset = document.offset_at(position)

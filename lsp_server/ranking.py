@@ -56,7 +56,15 @@ def rank_candidates(
     """
     offset = document.offset_at(position)
     best_scores: dict[str, float] = {}
-    for text, score in candidates:
+    for candidate in candidates:
+        if not (
+            isinstance(candidate, tuple)
+            and len(candidate) == 2
+            and isinstance(candidate[0], str)
+            and isinstance(candidate[1], (int, float))
+        ):
+            raise TypeError(f"a candidate must be a (text, score) pair, got {candidate!r}")
+        text, score = candidate
         if text not in best_scores or score > best_scores[text]:
             best_scores[text] = score
     ranked = [

@@ -195,6 +195,17 @@ def test_snippets_from_other_documents_are_ranked_by_identifier_overlap_and_labe
     assert context.prompt_prefix().endswith(context.prefix)
 
 
+def test_other_files_share_goes_to_prefix_and_suffix_when_no_other_document_is_related():
+    document = Document("file:///big.py", large_python_source(2000), "python")
+    unrelated = Document("file:///notes.txt", "nothing in common here\n", "plaintext")
+    budget = ContextBudget(max_tokens=300, prefix_share=0.5, suffix_share=0.3, other_files_share=0.2)
+    alone = build_context(document, (1000, 8), count_tokens, budget)
+    with_unrelated = build_context(document, (1000, 8), count_tokens, budget, [unrelated])
+    assert with_unrelated.snippets == ()
+    assert (with_unrelated.prefix, with_unrelated.suffix) == (alone.prefix, alone.suffix)
+    assert alone.prefix_tokens + alone.suffix_tokens > 0.8 * 300
+
+
 def test_snippets_only_fill_leftover_budget():
     document = Document("file:///proj/report.py", large_python_source(2000), "python")
     other = Document("file:///proj/copy.py", sample("py"), "python")
@@ -229,7 +240,12 @@ def test_unused_budget_flows_to_the_other_side():
 
 @pytest.mark.parametrize(
     "arguments",
-    [dict(max_tokens=0), dict(max_tokens=10, prefix_share=0.8, suffix_share=0.5), dict(max_tokens=10, suffix_share=-0.1)],
+    [
+        dict(max_tokens=0),
+        dict(max_tokens=True),
+        dict(max_tokens=10, prefix_share=0.8, suffix_share=0.5),
+        dict(max_tokens=10, suffix_share=-0.1),
+    ],
 )
 def test_invalid_budgets_are_rejected(arguments):
     with pytest.raises(ContextError):

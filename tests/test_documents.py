@@ -114,6 +114,14 @@ def test_malformed_changes_raise_invalid_change_error(bad_change):
     assert store.get("file:///a.py").text == "a = 1\n"
 
 
+def test_non_string_text_is_rejected_clearly():
+    with pytest.raises(documents.DocumentError, match="must be a string"):
+        Document("file:///a.py", b"a = 1\n", "python")
+    document = Document("file:///a.py", "a = 1\n", "python")
+    with pytest.raises(InvalidChangeError, match="must be a string"):
+        document.apply_change(((0, 0), (0, 0)), 42)
+
+
 @pytest.mark.parametrize(
     ("change_range", "message"),
     [

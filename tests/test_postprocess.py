@@ -151,3 +151,9 @@ def test_unclosed_reports_missing_and_stray_closers_outside_strings():
     assert unclosed("x) + ')' + y]") == ([], [")", "]"])
     assert unclosed('print("(unbalanced') == (['"', ")"], [])
     assert unclosed(r"'it\'s' + (") == ([")"], [])
+
+
+def test_a_non_string_middle_is_rejected_clearly():
+    document = Document("file:///case.py", "x = 1\n", "python")
+    with pytest.raises(TypeError, match="raw middle must be a string"):
+        postprocess(None, document, (0, 5), CompletionMode.SINGLE_LINE)

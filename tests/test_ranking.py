@@ -81,3 +81,10 @@ def test_count_syntax_errors_counts_error_and_missing_nodes():
     assert count_syntax_errors(parser.parse(b"const a = 1;\n").root_node) == 0
     broken = parser.parse(b"const a = (1;\nfoo(;\n").root_node
     assert broken.has_error and count_syntax_errors(broken) >= 2
+
+
+@pytest.mark.parametrize("bad", [["just text"], [("text",)], [(1, 0.5)], [("text", "high")]])
+def test_malformed_candidates_are_rejected_clearly(bad):
+    document, position = document_and_cursor("python", "x = ‸\n")
+    with pytest.raises(TypeError, match="candidate must be a"):
+        rank_candidates(document, position, bad)
