@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib
 import json
 import os
 import random
@@ -14,6 +13,7 @@ from pathlib import Path
 import tree_sitter
 
 from lsp_server.bench import BenchError
+from lsp_server.languages import LANGUAGES, language_for
 
 DATA_ENV_VAR = "DIFFGEMMA_BENCH_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,20 +28,6 @@ HUMANEVAL_FILES = {
 }
 HUMANEVAL_FIELDS = ("task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test")
 
-LANGUAGE_BY_EXTENSION = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
-    ".jsx": "javascript", ".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "tsx",
-    ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
-    ".cxx": "cpp", ".hh": "cpp", ".hpp": "cpp", ".hxx": "cpp",
-}
-GRAMMARS = {  # language -> (grammar wheel module, function returning the language pointer)
-    "python": ("tree_sitter_python", "language"), "javascript": ("tree_sitter_javascript", "language"),
-    "typescript": ("tree_sitter_typescript", "language_typescript"),
-    "tsx": ("tree_sitter_typescript", "language_tsx"), "go": ("tree_sitter_go", "language"),
-    "rust": ("tree_sitter_rust", "language"), "java": ("tree_sitter_java", "language"),
-    "c": ("tree_sitter_c", "language"), "cpp": ("tree_sitter_cpp", "language"),
-}
-
 REPO_HOLE_KINDS = ("repo-line", "repo-block", "repo-span")
 SKIPPED_DIRECTORIES = {"node_modules", "__pycache__", "venv", "build", "dist", "target", "site-packages"}
 MAX_SOURCE_BYTES = 256_000  # larger files are usually generated or vendored
@@ -54,7 +40,7 @@ MAX_SPAN_BYTES = 120
 class InfillTask:
     task_id: str
     kind: str  # a HUMANEVAL_FILES key or a REPO_HOLE_KINDS entry
-    language: str  # a GRAMMARS key
+    language: str  # a LanguageSpec name of lsp_server.languages
     path: str  # the file name a client opens the document as, relative
     prefix: str  # text before the hole
     suffix: str  # text after the hole
@@ -122,9 +108,9 @@ def sample_tasks(tasks: list[InfillTask], limit: int | None, seed: int) -> list[
 
 @functools.cache
 def parser_for(language: str) -> tree_sitter.Parser:
-    module_name, function_name = GRAMMARS[language]
-    grammar = getattr(importlib.import_module(module_name), function_name)
-    return tree_sitter.Parser(tree_sitter.Language(grammar()))
+    """A parser for a language of lsp_server.languages, by name (not shared between threads)."""
+    specs = {spec.name: spec for spec in LANGUAGES if spec.has_grammar}
+    return tree_sitter.Parser(specs[language].ts_language)
 
 
 def draw_repo_holes(root: Path, count: int, seed: int) -> list[InfillTask]:
@@ -168,7 +154,7 @@ def _source_files(root: Path) -> list[Path]:
                                    if not name.startswith(".") and name not in SKIPPED_DIRECTORIES)
         for name in sorted(names):
             path = Path(directory) / name
-            if path.suffix in LANGUAGE_BY_EXTENSION and not path.is_symlink():
+            if language_for(uri=str(path)).has_grammar and not path.is_symlink():
                 files.append(path)
     return files
 
@@ -183,7 +169,7 @@ def _hole_candidates(path: Path) -> dict[str, list[tuple[int, int]]]:
         source.decode("utf-8")
     except UnicodeDecodeError:
         return empty
-    tree = parser_for(LANGUAGE_BY_EXTENSION[path.suffix]).parse(source)
+    tree = parser_for(language_for(uri=str(path)).name).parse(source)
     if tree.root_node.has_error:
         return empty
 
@@ -235,6 +221,6 @@ def _repo_task(root: Path, path: Path, kind: str, start: int, end: int) -> Infil
     source = path.read_bytes()
     relative = path.relative_to(root).as_posix()
     return InfillTask(task_id=f"{kind}/{relative}:{start}-{end}", kind=kind,
-                      language=LANGUAGE_BY_EXTENSION[path.suffix], path=relative,
+                      language=language_for(uri=str(path)).name, path=relative,
                       prefix=source[:start].decode("utf-8"), suffix=source[end:].decode("utf-8"),
                       reference=source[start:end].decode("utf-8"))
