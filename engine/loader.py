@@ -64,7 +64,11 @@ def tensor_files(directory: Path) -> dict[str, Path]:
             weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{index_path}: unreadable shard index ({exc!r})") from None
-        return {name: directory / shard for name, shard in weight_map.items()}
+        files = {name: directory / shard for name, shard in weight_map.items()}
+        for path in set(files.values()):
+            if not path.exists():
+                raise CheckpointError(f"{path}: shard file not found (listed in {INDEX_FILE})")
+        return files
     single = directory / SINGLE_FILE
     if not single.exists():
         raise CheckpointError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
