@@ -117,7 +117,9 @@ def load_weights(model: DiffusionGemma, directory: Path, dtype: torch.dtype, dev
                     value = handle.get_tensor(tensor)
                 except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
                     raise CheckpointError(f"{path}: cannot read tensor {tensor!r} ({exc})") from None
-                state[name] = value.to(device=device, dtype=dtype)
+                # A fresh copy: tensors read from the file can sit at 8-byte offsets, which sends matmuls down
+                # slower unaligned kernels (with different rounding).
+                state[name] = value.to(device=device, dtype=dtype, copy=True)
     model.load_state_dict(state, strict=True, assign=True)
 
 

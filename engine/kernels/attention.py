@@ -6,14 +6,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """Grouped-query attention with scaling 1.0 (Gemma 4 normalises q and k instead).
 
     q: [B, H, T, D]; k, v: [B, KV, S, D] with H a multiple of KV (head j reads KV head j // (H/KV));
-    mask: boolean [T, S] (True = may attend) or None. Returns [B, H, T, D].
-    The query heads of one KV group are folded into the sequence axis, so the cache is never repeated per head.
+    mask: boolean [T, S] (True = may attend) or None. Returns [B, H, T, D]. The KV heads are never repeated:
+    without a mask SDPA groups the heads itself; with one, the query heads of a group are folded into the
+    sequence axis and the mask is tiled to match.
     """
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=True)
     batch, heads, length, dim = q.shape
-    kv_heads = k.shape[1]
-    group = heads // kv_heads
-    grouped_q = q.reshape(batch, kv_heads, group * length, dim)
-    if mask is not None and group > 1:
-        mask = mask.repeat(group, 1)
-    out = F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=mask, scale=1.0)
+    group = heads // k.shape[1]
+    grouped_q = q.reshape(batch, k.shape[1], group * length, dim)
+    out = F.scaled_dot_product_attention(grouped_q, k, v, attn_mask=mask.repeat(group, 1), scale=1.0)
     return out.reshape(batch, heads, length, dim)

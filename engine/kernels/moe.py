@@ -1,6 +1,8 @@
 import torch
 import torch.nn.functional as F
 
+_grouped_mm = getattr(F, "grouped_mm", None)
+
 
 def moe_experts(
     x: torch.Tensor,
@@ -12,24 +14,35 @@ def moe_experts(
     """Sum of the routed experts' GeGLU outputs, weighted by the router.
 
     x: [T, H]; gate_up_proj: [E, 2I, H] (gate rows first); down_proj: [E, H, I]; top_k_*: [T, K].
-    Assignments are sorted by expert once, then each expert that received tokens runs one matmul over its rows:
-    the Python loop is over experts hit, never over tokens. Weighted contributions are summed in fp32.
+    The T·K (token, expert) assignments are sorted by expert and run as one grouped matmul per projection
+    (no Python loop over tokens); contributions are weighted and summed over K in fp32.
     """
     num_tokens, top_k = top_k_index.shape
-    expert_of_slot = top_k_index.reshape(-1)
-    order = torch.argsort(expert_of_slot, stable=True)
-    counts = torch.bincount(expert_of_slot, minlength=gate_up_proj.shape[0]).tolist()
+    experts = gate_up_proj.shape[0]
+    sorted_experts, order = torch.sort(top_k_index.reshape(-1))
     rows = x[order // top_k]
-    outputs = torch.empty(order.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    counts = torch.bincount(sorted_experts, minlength=experts)
+    hidden = _grouped_linear(rows, gate_up_proj, counts)
+    gate, up = hidden.chunk(2, dim=-1)
+    out = _grouped_linear(F.gelu(gate, approximate="tanh") * up, down_proj, counts)
+    weighted = out * top_k_weights.reshape(-1)[order].unsqueeze(-1)
+    unsorted = torch.empty_like(weighted)
+    unsorted[order] = weighted
+    return unsorted.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """rows (sorted by expert, counts[e] rows for expert e) times weight[e]^T."""
+    weight = weight.to(rows.dtype)
+    if _grouped_mm is not None:
+        try:
+            return _grouped_mm(rows, weight.transpose(-2, -1), offs=torch.cumsum(counts, 0, dtype=torch.int32))
+        except RuntimeError:
+            pass  # dtype/device combinations the native kernel does not cover
+    out = rows.new_empty(rows.shape[0], weight.shape[1])
     start = 0
-    for expert, count in enumerate(counts):
-        if count == 0:
-            continue
-        end = start + count
-        gate, up = F.linear(rows[start:end], gate_up_proj[expert]).chunk(2, dim=-1)
-        outputs[start:end] = F.linear(F.gelu(gate, approximate="tanh") * up, down_proj[expert])
-        start = end
-    outputs *= top_k_weights.reshape(-1)[order, None]
-    per_slot = torch.empty_like(outputs)
-    per_slot[order] = outputs
-    return per_slot.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)
+    for expert, count in enumerate(counts.tolist()):
+        if count:
+            out[start : start + count] = F.linear(rows[start : start + count], weight[expert])
+            start += count
+    return out

@@ -5,7 +5,7 @@
 
 Sources, in priority order (earlier sources win de-duplication):
   1. the CPython standard library of the running interpreter (PSF-2.0);
-  2. Python files of the distributions installed in this interpreter's site-packages;
+  2. Python files of the installed distributions that diffgemma-lsp[dev] depends on (transitively);
   3. pinned PyPI wheels (Python) and sdists (C, C++, Java, Rust), fetched with `pip download`;
   4. pinned npm tarballs (JavaScript, TypeScript, C++), fetched with `npm pack`.
 A package is used only if its licence metadata evaluates to a permissive licence (PERMISSIVE_LICENCES).
@@ -28,6 +28,7 @@ import email.parser
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import subprocess
@@ -42,12 +43,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+# packaging comes with tokenizers (via huggingface_hub); it is only needed to read Requires-Dist.
+from packaging.requirements import Requirement
+
 MAX_FILE_BYTES = 200 * 1024
 MIN_FILE_BYTES = 64
 DEFAULT_HELDOUT_FRACTION = 0.02
 # Keeps a few huge packages (transformers, torch, sympy) from dominating the Python mix.
 DEFAULT_MAX_PACKAGE_BYTES = 6_000_000
 
+# Installed packages are taken from this project's dependency closure (dev tools included).
+PROJECT_REQUIREMENT = "diffgemma-lsp[dev]"
 # The evaluation data lives next to the repository; no source may resolve inside it.
 FORBIDDEN_ROOT = Path(__file__).resolve().parents[2].parent / "shared"
 
@@ -109,6 +115,7 @@ _LICENCE_TEXT_MARKERS = (
     ("redistribution and use in source and binary forms", "BSD"),
     ("apache license", "Apache-2.0"),
 )
+_COPYLEFT_PATTERN = re.compile(r"\b(A?GPL|LGPL|MPL|EPL|EUPL|CDDL|OSL|CECILL)|general public|mozilla", re.I)
 # Third-party code under another licence is often copied into permissively licensed packages.
 _NON_PERMISSIVE_HEADER_MARKERS = (
     "gnu general public license", "gnu lesser general public", "gnu library general public",
@@ -299,12 +306,15 @@ def licence_from_metadata(metadata_text: str) -> LicenceVerdict:
     expression = message.get("License-Expression")
     if expression:
         return licence_from_text(expression)
-    licence_field = message.get("License")
-    if licence_field:
-        verdict = licence_from_text(licence_field)
-        if verdict.expression != "UNKNOWN":
-            return verdict
-    return licence_from_classifiers(message.get_all("Classifier") or [])
+    field_verdict = licence_from_text(message.get("License") or "")
+    if message.get("License", "").startswith("License ::"):  # a classifier pasted into the field
+        field_verdict = licence_from_classifiers([message["License"]])
+    # The free-text field wins when it names a licence we recognise (permissive or copyleft); otherwise
+    # ("Dual License", "see LICENSE") the classifiers, a controlled vocabulary, decide.
+    if field_verdict.permissive or _COPYLEFT_PATTERN.search(field_verdict.expression):
+        return field_verdict
+    classifier_verdict = licence_from_classifiers(message.get_all("Classifier") or [])
+    return field_verdict if classifier_verdict.expression == "UNKNOWN" else classifier_verdict
 
 
 def licence_from_package_json(package_json: dict) -> LicenceVerdict:
@@ -330,11 +340,14 @@ def directory_package(name: str, version: str, licence: LicenceVerdict, root: Pa
     excluded = frozenset(excluded_top_directories)
 
     def list_files() -> Iterator[RawFile]:
-        for path in sorted(root.rglob("*")):
-            relative = path.relative_to(root)
-            if relative.parts[0] in excluded or not path.is_file():
-                continue
-            yield RawFile(relative.as_posix(), path.stat().st_size, path.read_bytes, path)
+        for directory, subdirectories, file_names in os.walk(root):
+            if Path(directory) == root:  # prune here: the stdlib holds the base interpreter's site-packages
+                subdirectories[:] = [name for name in subdirectories if name not in excluded]
+            subdirectories.sort()
+            for file_name in sorted(file_names):
+                path = Path(directory, file_name)
+                if path.is_file():
+                    yield RawFile(path.relative_to(root).as_posix(), path.stat().st_size, path.read_bytes, path)
 
     return SourcePackage(name, version, licence, origin, list_files, languages=languages, capped=capped)
 
@@ -349,18 +362,45 @@ def stdlib_package() -> SourcePackage:
     )
 
 
-def installed_packages(site_packages: Path, skip: Iterable[str] = ("diffgemma-lsp",)) -> list[SourcePackage]:
-    """Python files of the distributions installed in `site_packages`, per their RECORD.
+def dependency_closure(site_packages: Path, root_requirement: str) -> set[str]:
+    """Canonical names of the installed distributions that `root_requirement` ("name[extra]") pulls in,
+    excluding the root itself. Optional dependencies that are not installed are ignored."""
+    installed = {
+        _canonical_name(d.metadata["Name"]): d
+        for d in importlib.metadata.distributions(path=[str(site_packages)]) if d.metadata["Name"]
+    }
+    root = Requirement(root_requirement)
+    if _canonical_name(root.name) not in installed:
+        raise ValueError(f"{root.name} is not installed in {site_packages}; cannot find its dependencies")
+    pending = [(_canonical_name(root.name), frozenset(root.extras))]
+    visited: set[tuple[str, frozenset[str]]] = set()
+    while pending:
+        name, extras = pending.pop()
+        if (name, extras) in visited or name not in installed:
+            continue
+        visited.add((name, extras))
+        for text in installed[name].requires or []:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras or {""}):
+                pending.append((_canonical_name(requirement.name), frozenset(requirement.extras)))
+    return {name for name, _ in visited if name in installed} - {_canonical_name(root.name)}
+
+
+def installed_packages(site_packages: Path, required_by: str | None) -> list[SourcePackage]:
+    """Python files of the distributions installed in `site_packages`, per their RECORD; with
+    `required_by` ("diffgemma-lsp[dev]"), only that project's dependency closure, so that whatever else
+    happens to be installed in the environment does not change the corpus.
 
     Only Python is taken: C/C++ files inside binary wheels are mostly bundled third-party headers under
     their own licences (for instance CUDA headers shipped inside triton).
     """
     site_packages = site_packages.resolve()
-    skipped = {_canonical_name(name) for name in skip}
+    wanted = None if required_by is None else dependency_closure(site_packages, required_by)
     packages = []
     for distribution in importlib.metadata.distributions(path=[str(site_packages)]):
         name = distribution.metadata["Name"]
-        if not name or _canonical_name(name) in skipped:
+        if not name or (wanted is not None and _canonical_name(name) not in wanted):
             continue
         metadata_text = distribution.read_text("METADATA") or distribution.read_text("PKG-INFO") or ""
 
@@ -476,10 +516,11 @@ def fetch_archive(spec: ArchiveSpec, cache_dir: Path, offline: bool) -> Path:
 
 
 def default_sources(cache_dir: Path, offline: bool, site_packages: Path | None = None,
+                    required_by: str = PROJECT_REQUIREMENT,
                     archive_specs: Sequence[ArchiveSpec] = (*DEFAULT_PYPI_WHEELS, *DEFAULT_PYPI_SDISTS,
                                                             *DEFAULT_NPM_PACKAGES)) -> list[SourcePackage]:
     site_packages = site_packages or Path(sysconfig.get_paths()["purelib"])
-    sources = [stdlib_package(), *installed_packages(site_packages)]
+    sources = [stdlib_package(), *installed_packages(site_packages, required_by)]
     for spec in archive_specs:
         print(f"  fetching {spec.registry} {spec.name}=={spec.version}", file=sys.stderr, flush=True)
         sources.append(archive_package(fetch_archive(spec, cache_dir, offline), spec))

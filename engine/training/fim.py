@@ -16,13 +16,12 @@ import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import tree_sitter
 from tokenizers import Tokenizer
 
-from engine.training.corpus import CorpusDocument
 from engine.training.tokenizer import BOS_ID, EOS_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, PAD_ID
 
 PROMPT_OVERHEAD_TOKENS = 4  # <bos> <fim_prefix> <fim_suffix> <fim_middle>
@@ -363,6 +362,13 @@ def choose_hole(text: str, rng: random.Random, language: str = "python", max_mid
 # -------------------------------------------------------------------------------------------- batches
 
 
+class Document(Protocol):
+    """What the batch stream needs of a document (engine.training.corpus.CorpusDocument has it)."""
+
+    text: str
+    language: str
+
+
 class FimBatch(NamedTuple):
     """One training batch; B = batch size, P = max_prompt_tokens, C = canvas_length.
 
@@ -414,18 +420,18 @@ class FimBatchStream(torch.utils.data.IterableDataset):
     batch_size=None; each worker derives its own seed.
     """
 
-    def __init__(self, documents: Sequence[CorpusDocument], tokenizer: Tokenizer, batch_size: int,
+    def __init__(self, documents: Sequence[Document], tokenizer: Tokenizer, batch_size: int,
                  max_prompt_tokens: int, canvas_length: int, seed: int = 0,
                  kind_weights: Mapping[str, float] = DEFAULT_HOLE_WEIGHTS, end_of_file_rate: float = 0.05):
         super().__init__()
-        if not documents:
-            raise ValueError("no documents")
+        self.documents = [d for d in documents if d.text]
+        if not self.documents:
+            raise ValueError("no non-empty documents")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if max_prompt_tokens < PROMPT_OVERHEAD_TOKENS or canvas_length < 2:
             raise ValueError(f"need max_prompt_tokens >= {PROMPT_OVERHEAD_TOKENS} and canvas_length >= 2, "
                              f"got {max_prompt_tokens} and {canvas_length}")
-        self.documents = [d for d in documents if d.text]
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
@@ -440,6 +446,16 @@ class FimBatchStream(torch.utils.data.IterableDataset):
             total += min(len(document.text), 32768)
             cumulative.append(total)
         self._cumulative_weights = cumulative
+
+    def __setstate__(self, state: dict) -> None:
+        # Spawned DataLoader workers receive a pickled copy, and pickling a Tokenizer drops
+        # encode_special_tokens (it is not part of tokenizer.json): restore what __init__ was given.
+        special_tokens_as_text = state.pop("_special_tokens_as_text")
+        self.__dict__.update(state)
+        self.tokenizer.encode_special_tokens = special_tokens_as_text
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_special_tokens_as_text": self.tokenizer.encode_special_tokens}
 
     def examples(self, rng: random.Random) -> Iterator[tuple[list[int], list[int]]]:
         while True:

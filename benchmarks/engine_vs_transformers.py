@@ -1,0 +1,96 @@
+"""Time one request through our engine and through transformers' reference `generate()`.
+
+Same checkpoint (written by transformers), same prompt, same seed: the script checks the tokens are identical and
+prints the speed ratio for a tiny and a mid-sized (~15M parameters) config.
+
+    python benchmarks/engine_vs_transformers.py [--repeats 5] [--threads 2]
+
+transformers is a test/benchmark dependency only (`pip install -e ".[dev]"`); the engine never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_models import build_reference, save_reference, text_config  # noqa: E402
+
+import engine  # noqa: E402
+
+CONFIGS = {
+    "tiny": dict(text=text_config(), canvas_length=8, prompt_length=21, max_new_tokens=8),
+    "mid": dict(
+        text=text_config(
+            vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=6,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=64, global_head_dim=128,
+            num_global_key_value_heads=1, sliding_window=128,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+            num_experts=8, top_k_experts=2, moe_intermediate_size=256,
+        ),
+        canvas_length=32, prompt_length=300, max_new_tokens=32,
+    ),
+}
+
+
+def median_seconds(run, repeats: int) -> tuple[float, object]:
+    run()  # warm-up: first calls pay for allocation and kernel selection
+    times, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def bench(name: str, spec: dict, repeats: int, seed: int) -> float:
+    reference = build_reference(spec["text"], canvas_length=spec["canvas_length"])
+    parameters = sum(p.numel() for n, p in reference.named_parameters() if "vision" not in n)
+    with tempfile.TemporaryDirectory() as directory:
+        save_reference(reference, Path(directory))
+        ours = engine.load(directory, device="cpu", dtype="float32")
+    vocab = spec["text"]["vocab_size"]
+    ids = torch.randint(3, vocab - 4, (1, spec["prompt_length"]), generator=torch.Generator().manual_seed(seed))
+    max_new = spec["max_new_tokens"]
+
+    def run_reference():
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            return reference.generate(ids, max_new_tokens=max_new).sequences[0, ids.shape[1]:].tolist()
+
+    def run_ours():
+        ours._prefix_cache = None  # time a cold request: the prompt is encoded every time, as the reference does
+        return ours.generate(ids[0].tolist(), max_new_tokens=max_new, seed=seed).tokens
+
+    reference_time, reference_tokens = median_seconds(run_reference, repeats)
+    our_time, our_tokens = median_seconds(run_ours, repeats)
+    identical = reference_tokens == our_tokens
+    ratio = reference_time / our_time
+    print(f"{name:5s} params={parameters / 1e6:6.2f}M prompt={ids.shape[1]} canvas={spec['canvas_length']} "
+          f"transformers={reference_time * 1000:8.1f} ms  engine={our_time * 1000:8.1f} ms  "
+          f"speedup={ratio:5.2f}x  tokens_identical={identical}")
+    if not identical:
+        raise SystemExit(f"{name}: tokens differ from the reference")
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.config or ["tiny", "mid"]:
+        bench(name, CONFIGS[name], args.repeats, args.seed)
+
+
+if __name__ == "__main__":
+    main()
