@@ -90,6 +90,12 @@ def test_metadata_prefers_expression_then_field_then_classifiers():
     assert licence_from_metadata(header + "License: UNKNOWN\nClassifier: License :: OSI Approved :: MIT License\n"
                                  ).expression == "MIT"
     assert licence_from_metadata(header) == LicenceVerdict("UNKNOWN", False)
+    # A classifier pasted into the License field.
+    assert licence_from_metadata(header + "License: License :: OSI Approved :: Apache Software License\n"
+                                 ) == LicenceVerdict("Apache-2.0", True)
+    # A recognised copyleft field is not overridden by contradicting classifiers.
+    assert not licence_from_metadata(header + "License: GPL-3.0\nClassifier: License :: OSI Approved :: MIT License\n"
+                                     ).permissive
 
 
 def test_package_json_licence_forms():
@@ -228,26 +234,51 @@ def test_bad_build_arguments_are_rejected(tmp_path):
 # ---------------------------------------------------------------------------------------- sources
 
 
-def test_installed_packages_use_record_metadata_and_python_only(tmp_path):
+def fake_distribution(site: Path, name: str, version: str, metadata: str, files: dict[str, str]) -> None:
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    write(info / "METADATA", f"Metadata-Version: 2.4\nName: {name}\nVersion: {version}\n{metadata}")
+    write(info / "RECORD", "".join(f"{path},,\n" for path in files))
+    for path, text in files.items():
+        if text:
+            write(site / path, text)
+
+
+def test_installed_packages_follow_the_project_dependency_closure(tmp_path):
     site = tmp_path / "site-packages"
-    write(site / "goodpkg" / "__init__.py", GOOD_PYTHON)
-    write(site / "goodpkg" / "ext.c", "int f(void) { return 1; }\n" * 5)
-    write(site / "goodpkg-1.0.dist-info" / "METADATA", "Metadata-Version: 2.4\nName: goodpkg\nVersion: 1.0\n"
-                                                       "License-Expression: MIT\n")
-    write(site / "goodpkg-1.0.dist-info" / "RECORD", "goodpkg/__init__.py,,\ngoodpkg/ext.c,,\n"
-                                                     "goodpkg/not_installed.py,,\n../../bin/tool.py,,\n")
-    write(site / "gplpkg" / "__init__.py", distinct_function(1))
-    write(site / "gplpkg-2.0.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: gplpkg\nVersion: 2.0\n"
-                                                      "Classifier: License :: OSI Approved :: GNU General Public License v3 (GPLv3)\n")
-    write(site / "gplpkg-2.0.dist-info" / "RECORD", "gplpkg/__init__.py,,\n")
-    write(site / "diffgemma_lsp-0.1.0.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: diffgemma-lsp\n"
-                                                               "Version: 0.1.0\nLicense: Apache-2.0\n")
-    packages = {p.name: p for p in installed_packages(site)}
-    assert set(packages) == {"goodpkg", "gplpkg"}
-    assert packages["goodpkg"].licence == MIT and not packages["gplpkg"].licence.permissive
+    fake_distribution(site, "app", "0.1", "License: Apache-2.0\nRequires-Dist: goodpkg>=1\n"
+                      "Requires-Dist: gplpkg; python_version >= '3'\nRequires-Dist: devtool; extra == 'dev'\n"
+                      "Requires-Dist: not-installed-optional\n", {"app/__init__.py": distinct_function(0)})
+    fake_distribution(site, "goodpkg", "1.0", "License-Expression: MIT\n", {
+        "goodpkg/__init__.py": GOOD_PYTHON,
+        "goodpkg/ext.c": "int f(void) { return 1; }\n" * 5,  # binary-wheel C is never taken
+        "goodpkg/not_installed.py": "",
+        "../../bin/tool.py": "",
+    })
+    fake_distribution(site, "gplpkg", "2.0", "Classifier: License :: OSI Approved :: GNU General Public License v3 "
+                      "(GPLv3)\n", {"gplpkg/__init__.py": distinct_function(1)})
+    fake_distribution(site, "devtool", "3.0", "License: BSD\nRequires-Dist: helper\n",
+                      {"devtool/__init__.py": distinct_function(2)})
+    fake_distribution(site, "helper", "0.5", "License: Dual License\nClassifier: License :: OSI Approved :: "
+                      "Apache Software License\nClassifier: License :: OSI Approved :: BSD License\n",
+                      {"helper.py": distinct_function(3)})
+    fake_distribution(site, "stray", "9.9", "License: MIT\n", {"stray.py": distinct_function(4)})
+
+    assert {p.name for p in installed_packages(site, "app")} == {"goodpkg", "gplpkg"}
+    packages = {p.name: p for p in installed_packages(site, "app[dev]")}
+    assert set(packages) == {"goodpkg", "gplpkg", "devtool", "helper"}
+    assert packages["helper"].licence == LicenceVerdict("Apache-2.0 OR BSD", True)
+    assert not packages["gplpkg"].licence.permissive
+    assert {p.name for p in installed_packages(site, None)} == {"app", "goodpkg", "gplpkg", "devtool", "helper", "stray"}
+    with pytest.raises(ValueError, match="not installed"):
+        installed_packages(site, "missing-project")
+
     build_corpus(packages.values(), tmp_path / "out", heldout_fraction=0.0, forbidden_roots=())
     rows = read_jsonl(tmp_path / "out" / "manifest.jsonl")
-    assert [(r["path"], r["origin"], r["version"]) for r in rows] == [("goodpkg/goodpkg/__init__.py", "site-packages", "1.0")]
+    assert sorted((r["path"], r["origin"], r["version"]) for r in rows) == [
+        ("devtool/devtool/__init__.py", "site-packages", "3.0"),
+        ("goodpkg/goodpkg/__init__.py", "site-packages", "1.0"),
+        ("helper/helper.py", "site-packages", "0.5"),
+    ]
 
 
 def make_wheel(path: Path) -> Path:

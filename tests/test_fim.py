@@ -1,4 +1,7 @@
+import pickle
 import random
+import subprocess
+import sys
 import sysconfig
 from collections import Counter
 from pathlib import Path
@@ -121,6 +124,26 @@ def test_trimming_keeps_text_nearest_the_hole(tokenizer):
     # Away from the cut, the kept tokens are those of the whole text.
     assert prefix_ids[-50:] == encode(tokenizer, prefix)[-50:]
     assert suffix_ids[:30] == encode(tokenizer, suffix)[:30]
+
+
+def test_trimming_text_with_very_long_tokens(tokenizer):
+    # Deep indentation packs many characters into few tokens, beyond the first tokenization window.
+    prefix = ("\n" + " " * 64 + "x") * 300
+    budget_tokens = 60
+    prompt = format_fim_prompt(tokenizer, prefix, "", max_prompt_tokens=budget_tokens + 4)
+    prefix_ids, suffix_ids = split_prompt(prompt)
+    assert len(prefix_ids) == budget_tokens and suffix_ids == []
+    assert prefix.endswith(decode(tokenizer, prefix_ids))
+    assert prefix_ids[-20:] == encode(tokenizer, prefix)[-20:]
+
+
+def test_prompt_module_stays_free_of_training_only_imports():
+    code = ("import sys, engine.training.fim; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'transformers', 'pygls', 'lsprotocol', "
+            "'lsp_server'} or m == 'engine.training.corpus'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"
 
 
 def test_trimming_gives_unused_prefix_budget_to_the_suffix(tokenizer):
@@ -335,5 +358,8 @@ def test_batch_stream_yields_fixed_shape_consistent_batches(tokenizer):
     again = [batch for batch, _ in zip(FimBatchStream(documents, tokenizer, 6, 96, 24, seed=7), range(3))]
     assert all(torch.equal(a.canvas_ids, b.canvas_ids) and torch.equal(a.prompt_ids, b.prompt_ids)
                for a, b in zip(batches, again))
-    with pytest.raises(ValueError, match="no documents"):
-        FimBatchStream([], tokenizer, 6, 96, 24)
+    # Spawned DataLoader workers get a pickled copy; it must produce the same batches.
+    copy = pickle.loads(pickle.dumps(FimBatchStream(documents, tokenizer, 6, 96, 24, seed=7)))
+    assert torch.equal(next(iter(copy)).prompt_ids, batches[0].prompt_ids)
+    with pytest.raises(ValueError, match="no non-empty documents"):
+        FimBatchStream([CorpusDocument("empty.py", "x", "python", "")], tokenizer, 6, 96, 24)
