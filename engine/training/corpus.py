@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 from packaging.requirements import Requirement
 
 MAX_FILE_BYTES = 200 * 1024
-MIN_FILE_BYTES = 64
+MIN_FILE_CHARACTERS = 64  # of non-blank text; smaller files are stubs and empty __init__.py
 DEFAULT_HELDOUT_FRACTION = 0.02
 # Keeps a few huge packages (transformers, torch, sympy) from dominating the Python mix.
 DEFAULT_MAX_PACKAGE_BYTES = 6_000_000
@@ -384,7 +384,7 @@ def dependency_closure(site_packages: Path, root_requirement: str) -> set[str]:
             marker = requirement.marker
             if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras or {""}):
                 pending.append((_canonical_name(requirement.name), frozenset(requirement.extras)))
-    return {name for name, _ in visited if name in installed} - {_canonical_name(root.name)}
+    return {name for name, _ in visited} - {_canonical_name(root.name)}
 
 
 def installed_packages(site_packages: Path, required_by: str | None) -> list[SourcePackage]:
@@ -506,6 +506,7 @@ def fetch_archive(spec: ArchiveSpec, cache_dir: Path, offline: bool) -> Path:
         binary_choice = ["--only-binary", ":all:"] if spec.registry == "pypi-wheel" else ["--no-binary", spec.name]
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(directory),
                    *binary_choice, f"{spec.name}=={spec.version}"]
+    print(f"  downloading {spec.registry} {spec.name}=={spec.version}", file=sys.stderr, flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
@@ -522,7 +523,6 @@ def default_sources(cache_dir: Path, offline: bool, site_packages: Path | None =
     site_packages = site_packages or Path(sysconfig.get_paths()["purelib"])
     sources = [stdlib_package(), *installed_packages(site_packages, required_by)]
     for spec in archive_specs:
-        print(f"  fetching {spec.registry} {spec.name}=={spec.version}", file=sys.stderr, flush=True)
         sources.append(archive_package(fetch_archive(spec, cache_dir, offline), spec))
     return sources
 
@@ -547,7 +547,7 @@ def whitespace_normalised_hash(text: str) -> str:
 
 def content_rejection(text: str, language: str) -> str | None:
     """Why the decoded file must not enter the corpus, or None if it may."""
-    if len(text.strip()) < MIN_FILE_BYTES:
+    if len(text.strip()) < MIN_FILE_CHARACTERS:
         return "too_small"
     lowered = text.lower()
     if any(marker in lowered for marker in _HUMANEVAL_MARKERS):
