@@ -1,0 +1,187 @@
+import * as vscode from 'vscode';
+import type { Middleware } from 'vscode-languageclient';
+import { CanvasPreview } from './canvasPreview';
+import { CANVAS_NOTIFICATION, STATUS_NOTIFICATION, type CanvasParams, type StatusParams } from './protocol';
+import {
+  canvasPreviewEnabled,
+  completionsEnabled,
+  RESTART_SETTINGS,
+  SECTION,
+  SERVER_SETTINGS,
+  serverCommand,
+  serverSettings,
+  type ServerCommand,
+  type ServerSettings,
+} from './settings';
+import { StatusIndicator } from './statusIndicator';
+
+/** The parts of vscode-languageclient's LanguageClient the extension drives (see languageClient.ts). */
+export interface ServerClient {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  onNotification(method: string, handler: (params: any) => void): vscode.Disposable;
+  sendNotification(method: string, params: unknown): Promise<void>;
+  /** Called when the client reaches the stopped state (server exit, start failure or stop()). */
+  onDidStop(listener: () => void): vscode.Disposable;
+}
+
+export type ClientFactory = (
+  command: ServerCommand,
+  settings: ServerSettings,
+  middleware: Middleware,
+  log: vscode.LogOutputChannel,
+) => ServerClient;
+
+function configuration(): vscode.WorkspaceConfiguration {
+  return vscode.workspace.getConfiguration(SECTION);
+}
+
+/**
+ * One running diffgemma-lsp at a time: starts it, restarts it when its command changes, forwards setting
+ * changes, feeds the status bar and the canvas preview, and gates inline completions on `diffgemma.enable`.
+ */
+export class DiffgemmaSession implements vscode.Disposable {
+  private client: ServerClient | undefined;
+  private clientSubscriptions: vscode.Disposable[] = [];
+
+  constructor(
+    private readonly createClient: ClientFactory,
+    private readonly status: StatusIndicator,
+    private readonly canvas: CanvasPreview,
+    private readonly log: vscode.LogOutputChannel,
+  ) {}
+
+  readonly middleware: Middleware = {
+    provideInlineCompletionItems: async (document, position, context, token, next) => {
+      if (!completionsEnabled(configuration())) {
+        return null;
+      }
+      try {
+        return await next(document, position, context, token);
+      } finally {
+        this.canvas.clear();
+      }
+    },
+  };
+
+  get running(): boolean {
+    return this.client !== undefined;
+  }
+
+  async start(): Promise<void> {
+    const config = configuration();
+    const command = serverCommand(config);
+    this.status.set('starting');
+    const client = this.createClient(command, serverSettings(config), this.middleware, this.log);
+    this.client = client;
+    this.clientSubscriptions = [
+      client.onNotification(STATUS_NOTIFICATION, (params: StatusParams) => this.onStatus(params)),
+      client.onNotification(CANVAS_NOTIFICATION, (params: CanvasParams) => this.onCanvas(params)),
+      client.onDidStop(() => {
+        if (this.client === client) {
+          this.status.set('stopped', 'the server exited (see the log)');
+        }
+      }),
+    ];
+    try {
+      await client.start();
+    } catch (error) {
+      this.forget(client);
+      const reason = error instanceof Error ? error.message : String(error);
+      const message = `could not start "${[command.command, ...command.args, '--stdio'].join(' ')}": ${reason}`;
+      this.log.error(message);
+      this.status.set('stopped', message);
+      void this.offerHelp(`DiffGemma ${message}. Install diffgemma-lsp or set "diffgemma.server.command".`, true);
+    }
+  }
+
+  async stop(): Promise<void> {
+    const client = this.client;
+    if (!client) {
+      return;
+    }
+    this.forget(client);
+    this.canvas.clear();
+    try {
+      await client.stop();
+    } catch (error) {
+      this.log.warn(`stopping the server: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    this.status.set('stopped', 'stopped');
+  }
+
+  async restart(): Promise<void> {
+    this.log.info('restarting the server');
+    await this.stop();
+    await this.start();
+  }
+
+  async onConfigurationChanged(event: vscode.ConfigurationChangeEvent): Promise<void> {
+    if (!event.affectsConfiguration(SECTION)) {
+      return;
+    }
+    const config = configuration();
+    const affects = (key: string) => event.affectsConfiguration(`${SECTION}.${key}`);
+    if (affects('enable')) {
+      this.status.setEnabled(completionsEnabled(config));
+      this.canvas.clear();
+    }
+    if (RESTART_SETTINGS.some(affects)) {
+      await this.restart();
+      return;
+    }
+    if (SERVER_SETTINGS.some(affects)) {
+      if (!canvasPreviewEnabled(config)) {
+        this.canvas.clear();
+      }
+      // The same shape VS Code's own configuration synchronisation uses: settings under the section name.
+      await this.client?.sendNotification('workspace/didChangeConfiguration', {
+        settings: { [SECTION]: serverSettings(config) },
+      });
+    }
+  }
+
+  dispose(): void {
+    void this.stop();
+  }
+
+  private forget(client: ServerClient): void {
+    if (this.client === client) {
+      this.client = undefined;
+    }
+    for (const subscription of this.clientSubscriptions) {
+      subscription.dispose();
+    }
+    this.clientSubscriptions = [];
+  }
+
+  private onStatus(params: StatusParams): void {
+    const previous = this.status.current.state;
+    this.status.setServerStatus(params);
+    if (params.state === 'error') {
+      this.log.error(`server: ${params.message ?? 'error'}`);
+      if (previous !== 'error') {
+        void this.offerHelp(`DiffGemma: ${params.message ?? 'the server reported an error'}`, false);
+      }
+    } else if (params.state !== 'busy') {
+      this.log.info(`server: ${params.state}${params.message ? ` (${params.message})` : ''}`);
+    }
+  }
+
+  private onCanvas(params: CanvasParams): void {
+    const config = configuration();
+    if (canvasPreviewEnabled(config) && completionsEnabled(config)) {
+      this.canvas.show(params);
+    }
+  }
+
+  private async offerHelp(message: string, offerSettings: boolean): Promise<void> {
+    const actions = offerSettings ? ['Show Log', 'Open Settings'] : ['Show Log'];
+    const choice = await vscode.window.showErrorMessage(message, ...actions);
+    if (choice === 'Show Log') {
+      this.log.show();
+    } else if (choice === 'Open Settings') {
+      await vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.server`);
+    }
+  }
+}

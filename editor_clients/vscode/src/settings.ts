@@ -1,0 +1,81 @@
+// The extension's settings (contributes.configuration in package.json) and what they become for the server.
+// Pure functions over a configuration reader, so the protocol test and the unit tests use the same code.
+
+export const SECTION = 'diffgemma';
+
+/** The part of vscode.WorkspaceConfiguration this module reads (a section-relative `get`). */
+export interface ConfigurationReader {
+  get<T>(key: string): T | undefined;
+}
+
+/** How the language server is started: an executable with arguments; the client appends `--stdio`. */
+export interface ServerCommand {
+  command: string;
+  args: string[];
+}
+
+/**
+ * Settings sent to diffgemma-lsp, in the server's camelCase wire names (lsp_server/settings.py).
+ * Sent whole as initializationOptions and in every workspace/didChangeConfiguration.
+ */
+export interface ServerSettings {
+  model: string;
+  device: string;
+  dtype: string | null;
+  enabledLanguages: string[];
+  candidates: number;
+  maxPromptTokens: number;
+  maxNewTokens: number | null;
+  denoisingSteps: number | null;
+  canvasLength: number | null;
+  canvasNotifications: boolean;
+}
+
+export const DEFAULT_SERVER_COMMAND = 'diffgemma-lsp';
+
+/** Settings whose change needs a new server process (the others are sent to the running server). */
+export const RESTART_SETTINGS = ['server.command', 'server.args'] as const;
+
+/** Settings the server reads; a change to any of them is sent as workspace/didChangeConfiguration. */
+export const SERVER_SETTINGS = [
+  'model',
+  'device',
+  'dtype',
+  'enabledLanguages',
+  'candidates',
+  'maxPromptTokens',
+  'maxNewTokens',
+  'denoisingSteps',
+  'canvasLength',
+  'showDenoisingCanvas',
+] as const;
+
+export function serverCommand(config: ConfigurationReader): ServerCommand {
+  const command = (config.get<string>('server.command') ?? '').trim() || DEFAULT_SERVER_COMMAND;
+  const args = config.get<string[]>('server.args') ?? [];
+  return { command, args: [...args] };
+}
+
+export function serverSettings(config: ConfigurationReader): ServerSettings {
+  const dtype = config.get<string>('dtype') ?? 'auto';
+  return {
+    model: config.get<string>('model') || 'embedded',
+    device: config.get<string>('device') || 'auto',
+    dtype: dtype === 'auto' ? null : dtype,
+    enabledLanguages: [...(config.get<string[]>('enabledLanguages') ?? ['*'])],
+    candidates: config.get<number>('candidates') ?? 1,
+    maxPromptTokens: config.get<number>('maxPromptTokens') ?? 1024,
+    maxNewTokens: config.get<number | null>('maxNewTokens') ?? null,
+    denoisingSteps: config.get<number | null>('denoisingSteps') ?? null,
+    canvasLength: config.get<number | null>('canvasLength') ?? null,
+    canvasNotifications: config.get<boolean>('showDenoisingCanvas') ?? false,
+  };
+}
+
+export function completionsEnabled(config: ConfigurationReader): boolean {
+  return config.get<boolean>('enable') ?? true;
+}
+
+export function canvasPreviewEnabled(config: ConfigurationReader): boolean {
+  return config.get<boolean>('showDenoisingCanvas') ?? false;
+}

@@ -1,0 +1,71 @@
+import './installVscodeStub';
+import assert from 'node:assert/strict';
+import { beforeEach, test } from 'node:test';
+import { SHOW_LOG_COMMAND, StatusIndicator } from '../../src/statusIndicator';
+import { StatusBarAlignment, StubStatusBarItem, ThemeColor, stubState } from './vscodeStub';
+
+let item: StubStatusBarItem;
+
+beforeEach(() => {
+  stubState.reset();
+  item = new StubStatusBarItem('diffgemma.status', StatusBarAlignment.Right, 100);
+});
+
+function indicator(enabled = true): StatusIndicator {
+  return new StatusIndicator(item as any, enabled);
+}
+
+test('shows itself at once, spinning while the server starts, and a click shows the log', () => {
+  indicator();
+  assert.equal(item.visible, true);
+  assert.equal(item.text, '$(loading~spin) DiffGemma');
+  assert.equal(item.command, SHOW_LOG_COMMAND);
+  assert.match(item.tooltip ?? '', /starting the server/);
+  assert.match(item.tooltip ?? '', /Click to show the server log/);
+});
+
+test('follows diffgemma/status: loading, ready, busy, error', () => {
+  const status = indicator();
+  status.setServerStatus({ state: 'loading', message: 'embedded model on cpu' });
+  assert.equal(item.text, '$(loading~spin) DiffGemma');
+  assert.match(item.tooltip ?? '', /loading the model — embedded model on cpu/);
+  assert.equal(item.backgroundColor, undefined);
+
+  status.setServerStatus({ state: 'ready' });
+  assert.equal(item.text, '$(sparkle) DiffGemma');
+  assert.match(item.tooltip ?? '', /DiffGemma: ready\n/);
+
+  status.setServerStatus({ state: 'busy' });
+  assert.equal(item.text, '$(sync~spin) DiffGemma');
+
+  status.setServerStatus({ state: 'error', message: 'checkpoint not found: /nope' });
+  assert.equal(item.text, '$(error) DiffGemma');
+  assert.match(item.tooltip ?? '', /error — checkpoint not found: \/nope/);
+  assert.deepEqual(item.backgroundColor, new ThemeColor('statusBarItem.errorBackground'));
+
+  status.setServerStatus({ state: 'ready' });
+  assert.equal(item.backgroundColor, undefined, 'recovering clears the error colour');
+});
+
+test('disabled completions show a slashed circle over a healthy server, but never hide an error', () => {
+  const status = indicator(false);
+  status.setServerStatus({ state: 'ready' });
+  assert.equal(item.text, '$(circle-slash) DiffGemma');
+  assert.match(item.tooltip ?? '', /Inline completions are disabled/);
+  status.setServerStatus({ state: 'error', message: 'out of memory' });
+  assert.equal(item.text, '$(error) DiffGemma');
+  status.setEnabled(true);
+  status.setServerStatus({ state: 'ready' });
+  assert.equal(item.text, '$(sparkle) DiffGemma');
+  assert.doesNotMatch(item.tooltip ?? '', /disabled/);
+});
+
+test('a stopped server is shown with a warning colour and the reason', () => {
+  const status = indicator();
+  status.set('stopped', 'the server exited (see the log)');
+  assert.equal(item.text, '$(debug-disconnect) DiffGemma');
+  assert.match(item.tooltip ?? '', /server not running — the server exited/);
+  assert.deepEqual(item.backgroundColor, new ThemeColor('statusBarItem.warningBackground'));
+  status.dispose();
+  assert.equal(item.disposed, true);
+});

@@ -1,0 +1,250 @@
+// A stand-in for the `vscode` module (which only exists inside VS Code), covering the API the extension's own
+// code uses. It records what the extension does (status bar text, decorations, messages, setting updates) so
+// the unit tests can assert on it; `stubState.reset()` starts each test afresh.
+
+type Listener<T> = (value: T) => unknown;
+
+export class EventEmitter<T> {
+  private listeners: Listener<T>[] = [];
+  readonly event = (listener: Listener<T>): Disposable => {
+    this.listeners.push(listener);
+    return new Disposable(() => {
+      this.listeners = this.listeners.filter((l) => l !== listener);
+    });
+  };
+  async fire(value: T): Promise<void> {
+    for (const listener of [...this.listeners]) {
+      await listener(value);
+    }
+  }
+}
+
+export class Disposable {
+  constructor(private readonly onDispose: () => void) {}
+  static from(...disposables: { dispose(): unknown }[]): Disposable {
+    return new Disposable(() => disposables.forEach((d) => d.dispose()));
+  }
+  dispose(): void {
+    this.onDispose();
+  }
+}
+
+export class Position {
+  constructor(
+    readonly line: number,
+    readonly character: number,
+  ) {}
+}
+
+export class Range {
+  constructor(
+    readonly start: Position,
+    readonly end: Position,
+  ) {}
+}
+
+export class ThemeColor {
+  constructor(readonly id: string) {}
+}
+
+export class Uri {
+  private constructor(private readonly value: string) {}
+  static parse(value: string): Uri {
+    return new Uri(value);
+  }
+  toString(): string {
+    return this.value;
+  }
+}
+
+export enum StatusBarAlignment {
+  Left = 1,
+  Right = 2,
+}
+
+export enum ConfigurationTarget {
+  Global = 1,
+  Workspace = 2,
+  WorkspaceFolder = 3,
+}
+
+export enum DecorationRangeBehavior {
+  OpenOpen = 0,
+  ClosedClosed = 1,
+  OpenClosed = 2,
+  ClosedOpen = 3,
+}
+
+export class StubStatusBarItem {
+  text = '';
+  tooltip: string | undefined;
+  command: string | undefined;
+  name: string | undefined;
+  backgroundColor: ThemeColor | undefined;
+  visible = false;
+  disposed = false;
+  constructor(
+    readonly id: string,
+    readonly alignment: StatusBarAlignment,
+    readonly priority: number,
+  ) {}
+  show(): void {
+    this.visible = true;
+  }
+  hide(): void {
+    this.visible = false;
+  }
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+export class StubLogOutputChannel {
+  readonly lines: string[] = [];
+  shown = 0;
+  constructor(readonly name: string) {}
+  info(message: string): void {
+    this.lines.push(`[info] ${message}`);
+  }
+  warn(message: string): void {
+    this.lines.push(`[warn] ${message}`);
+  }
+  error(message: string): void {
+    this.lines.push(`[error] ${message}`);
+  }
+  appendLine(message: string): void {
+    this.lines.push(message);
+  }
+  show(): void {
+    this.shown += 1;
+  }
+  dispose(): void {}
+}
+
+export class StubDecorationType {
+  disposed = false;
+  constructor(readonly options: unknown) {}
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+export interface DecorationOptions {
+  range: Range;
+  renderOptions?: { after?: { contentText?: string } };
+}
+
+export class StubTextEditor {
+  readonly decorations = new Map<StubDecorationType, DecorationOptions[]>();
+  readonly document: { uri: Uri; languageId: string };
+  constructor(uri: string, languageId = 'python') {
+    this.document = { uri: Uri.parse(uri), languageId };
+  }
+  setDecorations(type: StubDecorationType, options: DecorationOptions[]): void {
+    this.decorations.set(type, options);
+  }
+}
+
+interface ConfigurationChangeEvent {
+  affectsConfiguration(section: string): boolean;
+}
+
+class StubState {
+  settings = new Map<string, unknown>();
+  statusBarItems: StubStatusBarItem[] = [];
+  outputChannels: StubLogOutputChannel[] = [];
+  decorationTypes: StubDecorationType[] = [];
+  visibleTextEditors: StubTextEditor[] = [];
+  commands = new Map<string, (...args: unknown[]) => unknown>();
+  executedCommands: { command: string; args: unknown[] }[] = [];
+  errorMessages: { message: string; actions: string[] }[] = [];
+  /** The action the next error message "clicks" (undefined: dismissed). */
+  errorMessageChoice: string | undefined;
+  settingUpdates: { key: string; value: unknown; target: ConfigurationTarget }[] = [];
+  readonly configurationChanged = new EventEmitter<ConfigurationChangeEvent>();
+  readonly textDocumentChanged = new EventEmitter<{ document: { uri: Uri } }>();
+
+  reset(): void {
+    this.settings = new Map();
+    this.statusBarItems = [];
+    this.outputChannels = [];
+    this.decorationTypes = [];
+    this.visibleTextEditors = [];
+    this.commands = new Map();
+    this.executedCommands = [];
+    this.errorMessages = [];
+    this.errorMessageChoice = undefined;
+    this.settingUpdates = [];
+  }
+
+  /** Changes full setting keys (e.g. "diffgemma.model") and fires onDidChangeConfiguration like VS Code. */
+  async changeSettings(changes: Record<string, unknown>): Promise<void> {
+    for (const [key, value] of Object.entries(changes)) {
+      this.settings.set(key, value);
+    }
+    const keys = Object.keys(changes);
+    await this.configurationChanged.fire({
+      affectsConfiguration: (section) => keys.some((key) => key === section || key.startsWith(`${section}.`)),
+    });
+  }
+}
+
+export const stubState = new StubState();
+
+export const window = {
+  createStatusBarItem(id: string, alignment: StatusBarAlignment, priority: number): StubStatusBarItem {
+    const item = new StubStatusBarItem(id, alignment, priority);
+    stubState.statusBarItems.push(item);
+    return item;
+  },
+  createOutputChannel(name: string, options: { log: true }): StubLogOutputChannel {
+    if (!options?.log) {
+      throw new Error('the stub only provides log output channels');
+    }
+    const channel = new StubLogOutputChannel(name);
+    stubState.outputChannels.push(channel);
+    return channel;
+  },
+  createTextEditorDecorationType(options: unknown): StubDecorationType {
+    const type = new StubDecorationType(options);
+    stubState.decorationTypes.push(type);
+    return type;
+  },
+  async showErrorMessage(message: string, ...actions: string[]): Promise<string | undefined> {
+    stubState.errorMessages.push({ message, actions });
+    return stubState.errorMessageChoice;
+  },
+  get visibleTextEditors(): StubTextEditor[] {
+    return stubState.visibleTextEditors;
+  },
+};
+
+export const workspace = {
+  getConfiguration(section: string) {
+    return {
+      get<T>(key: string): T | undefined {
+        return stubState.settings.get(`${section}.${key}`) as T | undefined;
+      },
+      async update(key: string, value: unknown, target: ConfigurationTarget): Promise<void> {
+        stubState.settingUpdates.push({ key: `${section}.${key}`, value, target });
+        await stubState.changeSettings({ [`${section}.${key}`]: value });
+      },
+    };
+  },
+  onDidChangeConfiguration: stubState.configurationChanged.event,
+  onDidChangeTextDocument: stubState.textDocumentChanged.event,
+};
+
+export const commands = {
+  registerCommand(command: string, callback: (...args: unknown[]) => unknown): Disposable {
+    if (stubState.commands.has(command)) {
+      throw new Error(`command '${command}' already exists`);
+    }
+    stubState.commands.set(command, callback);
+    return new Disposable(() => stubState.commands.delete(command));
+  },
+  async executeCommand(command: string, ...args: unknown[]): Promise<unknown> {
+    stubState.executedCommands.push({ command, args });
+    return stubState.commands.get(command)?.(...args);
+  },
+};
