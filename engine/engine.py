@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from engine.cache import KVCache
 from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
 from engine.generate import GenerationCancelled, StepEvent, generate_blocks
+from engine.infill import CanvasText, InfillResult, infill
 from engine.loader import CheckpointError, build_model
 from engine.model import DiffusionGemma
 
@@ -145,6 +146,30 @@ class Engine:
             decoder_time_s=output.decoder_seconds,
         )
 
+    def infill(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        max_new_tokens: int | None = None,
+        num_candidates: int = 1,
+        seed: int | None = None,
+        on_canvas: Callable[[CanvasText], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        **generation_overrides: Any,
+    ) -> InfillResult:
+        """The code between `prefix` and `suffix`: `num_candidates` middles sampled as one batch.
+
+        The prompt is the checkpoint's fill-in-the-middle layout when its tokenizer has the FIM tokens, otherwise
+        the Gemma 4 instruct chat format asking for only the missing code (see engine.infill). Each candidate is
+        decoded up to its first EOS; `on_canvas` receives the first candidate's canvas as text after every
+        denoising step; `cancelled` and the other arguments behave as in `generate`.
+        """
+        return infill(
+            self, prefix, suffix, max_new_tokens=max_new_tokens, num_candidates=num_candidates, seed=seed,
+            on_canvas=on_canvas, cancelled=cancelled, **generation_overrides,
+        )
+
     def _encode_prompt(self, ids: list[int]) -> int:
         """Bring the prefix cache to exactly `ids`: keep the shared token prefix, encode the rest. Returns its size."""
         if self._prefix_cache is None or not self.config.encoder_is_causal:
@@ -177,6 +202,22 @@ def _as_rows(prompt_ids: Sequence[int] | Sequence[Sequence[int]]) -> list[list[i
     if len({len(row) for row in rows}) != 1 or not rows[0]:
         raise ValueError("a batch of prompts must be non-empty and of equal length")
     return rows
+
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded_model"
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """The checkpoint directory for `model`: "embedded" names the model packaged in engine/embedded_model/."""
+    if str(model) != EMBEDDED_MODEL:
+        return Path(model).expanduser()
+    if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+        raise CheckpointError(
+            f"the embedded model is not installed ({EMBEDDED_MODEL_DIR} has no config.json); "
+            "pass a checkpoint directory instead (--model PATH)"
+        )
+    return EMBEDDED_MODEL_DIR
 
 
 def load(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None) -> Engine:

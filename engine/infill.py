@@ -1,0 +1,176 @@
+"""Text-level infill: the prompt for the checkpoint, one batch of candidates, each decoded up to its EOS.
+
+Prompt formats:
+
+* ``fim``: the checkpoint's tokenizer has the project's special tokens (``<pad>`` .. ``<file_sep>`` at ids 0..6,
+  see engine.training.tokenizer): ``<bos><fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>``, built by
+  engine.training.fim.format_fim_prompt, the layout the model was trained on.
+* ``chat``: a Gemma 4 instruct tokenizer (google/diffusiongemma-26B-A4B-it) has no FIM tokens, so the prefix and
+  suffix go into one user turn around a hole marker, with an instruction to answer with the missing code only:
+  ``<bos><|turn>user\\n{instruction}<turn|>\\n<|turn>model\\n<|channel>thought\\n<channel|>`` (thinking off).
+
+Control tokens are placed by id and source text is encoded with special-token matching off, so an ``<eos>``
+written inside a string literal of the user's code stays text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tokenizers import Tokenizer
+
+from engine.generate import StepEvent
+from engine.training.fim import format_fim_prompt
+from engine.training.tokenizer import SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    from engine.engine import Engine, GenerationResult
+
+FIM_FORMAT = "fim"
+CHAT_FORMAT = "chat"
+
+TURN_OPEN, TURN_CLOSE, CHANNEL_OPEN, CHANNEL_CLOSE = "<|turn>", "<turn|>", "<|channel>", "<channel|>"
+HOLE_MARKER = "<FILL_HERE>"
+CHAT_INSTRUCTION = (
+    f"Write the code that belongs at {HOLE_MARKER} in the file below. Reply with only that code: no explanation, "
+    f"no Markdown fences, and nothing that already comes before or after {HOLE_MARKER}.\n\n"
+)
+# An instruct model may still wrap its answer in a Markdown fence despite the instruction.
+_CODE_FENCE = re.compile(r"\A\s*```[\w+-]*\n(.*?)\n?```\s*\Z", re.DOTALL)
+
+
+class InfillError(ValueError):
+    """The checkpoint cannot infill text (no tokenizer, or one with neither FIM tokens nor chat markers)."""
+
+
+@dataclass(frozen=True)
+class CanvasText:
+    """The first candidate's canvas after one denoising step, as text (committed blocks + current argmax)."""
+
+    block: int
+    step: int  # 1-based within the block
+    max_steps: int
+    text: str  # decoded up to the first stop token
+    accepted_fraction: float
+
+
+@dataclass(frozen=True)
+class InfillCandidate:
+    text: str  # the middle, decoded up to the first stop token
+    score: float  # tokens per forward of its row: a confident canvas settles in fewer steps
+    finished: bool  # reached a stop token (False: ran out of max_new_tokens)
+
+
+@dataclass(frozen=True)
+class InfillResult:
+    candidates: list[InfillCandidate]  # in batch row order
+    prompt_format: str  # FIM_FORMAT or CHAT_FORMAT
+    generation: GenerationResult
+
+    @property
+    def middle(self) -> str:
+        """The first candidate's middle."""
+        return self.candidates[0].text
+
+
+def text_tokenizer(engine: Engine) -> Tokenizer:
+    """The engine's tokenizer, set to encode special-token strings found in source code as plain text."""
+    if engine.tokenizer is None:
+        raise InfillError(f"{engine.path}: the checkpoint has no tokenizer.json, so it cannot infill text")
+    engine.tokenizer.encode_special_tokens = True
+    return engine.tokenizer
+
+
+def prompt_format(tokenizer: Tokenizer) -> str:
+    """FIM_FORMAT when the tokenizer has the project's special tokens at their fixed ids, else CHAT_FORMAT."""
+    if all(tokenizer.token_to_id(token) == index for index, token in enumerate(SPECIAL_TOKENS)):
+        return FIM_FORMAT
+    missing = [marker for marker in (TURN_OPEN, TURN_CLOSE, CHANNEL_OPEN, CHANNEL_CLOSE)
+               if tokenizer.token_to_id(marker) is None]
+    if missing:
+        raise InfillError(
+            "the tokenizer has neither the FIM special tokens "
+            f"({', '.join(SPECIAL_TOKENS)} at ids 0..{len(SPECIAL_TOKENS) - 1}) nor the Gemma 4 chat markers "
+            f"(missing {', '.join(missing)})"
+        )
+    return CHAT_FORMAT
+
+
+def infill_prompt(engine: Engine, prefix: str, suffix: str) -> tuple[str, list[int]]:
+    """(format, prompt token ids) asking the checkpoint for the text between ``prefix`` and ``suffix``."""
+    tokenizer = text_tokenizer(engine)
+    chosen = prompt_format(tokenizer)
+    if chosen == FIM_FORMAT:
+        return chosen, format_fim_prompt(tokenizer, prefix, suffix)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    def control(token: str) -> int:
+        return tokenizer.token_to_id(token)
+
+    bos = [engine.config.bos_token_id] if engine.config.bos_token_id is not None else []
+    return chosen, [
+        *bos, control(TURN_OPEN), *encode("user\n" + CHAT_INSTRUCTION + prefix + HOLE_MARKER + suffix),
+        control(TURN_CLOSE), *encode("\n"), control(TURN_OPEN), *encode("model\n"),
+        control(CHANNEL_OPEN), *encode("thought\n"), control(CHANNEL_CLOSE),
+    ]
+
+
+def infill(
+    engine: Engine,
+    prefix: str,
+    suffix: str,
+    *,
+    max_new_tokens: int | None = None,
+    num_candidates: int = 1,
+    seed: int | None = None,
+    on_canvas: Callable[[CanvasText], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    **generation_overrides: Any,
+) -> InfillResult:
+    """Generate ``num_candidates`` middles between ``prefix`` and ``suffix`` in one batch (see Engine.infill)."""
+    tokenizer = text_tokenizer(engine)
+    chosen, prompt_ids = infill_prompt(engine, prefix, suffix)
+    # A checkpoint built from a config may lack EOS/pad in its generation config; the model config has them.
+    eos_ids = set(engine.generation_config.eos_token_id or engine.config.eos_token_id)
+    if chosen == CHAT_FORMAT:
+        eos_ids.add(tokenizer.token_to_id(TURN_CLOSE))  # the answer ends with the model's turn
+    generation_overrides.setdefault("eos_token_id", tuple(sorted(eos_ids)))
+    if engine.generation_config.pad_token_id is None:
+        generation_overrides.setdefault("pad_token_id", engine.config.pad_token_id)
+    stop_ids = frozenset(generation_overrides["eos_token_id"])
+
+    def decode(ids: list[int]) -> tuple[str, bool]:
+        end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
+        text = tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+        if chosen == CHAT_FORMAT and (fenced := _CODE_FENCE.match(text)):
+            text = fenced.group(1)
+        return text, end is not None
+
+    on_step = None
+    if on_canvas is not None:
+        committed: list[int] = []  # the first row's tokens of the canvases already finished
+        block, argmax = 0, []
+
+        def on_step(event: StepEvent) -> None:
+            nonlocal block, argmax
+            if event.block != block:  # the previous canvas was committed as its final argmax
+                committed.extend(argmax)
+                block = event.block
+            argmax = event.argmax[0].tolist()
+            text, _ = decode(committed + argmax)
+            on_canvas(CanvasText(event.block, event.step, event.max_steps, text, event.accepted_fraction))
+
+    result = engine.generate(
+        prompt_ids, max_new_tokens=max_new_tokens, seed=seed, num_candidates=num_candidates,
+        on_step=on_step, cancelled=cancelled, **generation_overrides,
+    )
+    candidates = []
+    for row, score in zip(result.candidates, result.candidates_tokens_per_forward):
+        text, finished = decode(row)
+        candidates.append(InfillCandidate(text, score, finished))
+    return InfillResult(candidates, chosen, result)
