@@ -56,11 +56,13 @@ class Rotary(nn.Module):
             self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """positions: [T] (shared by the batch) or [B, T] (per example, as in training with left padding)."""
         tables = {}
         for layer_type in self.layer_types:
             inv_freq = getattr(self, f"{layer_type}_inv_freq")
-            freqs = positions[:, None].float() * inv_freq[None, :]
-            angles = torch.cat((freqs, freqs), dim=-1)[None, None]  # [1, 1, T, D]
+            freqs = positions[..., None].float() * inv_freq
+            angles = torch.cat((freqs, freqs), dim=-1)
+            angles = angles[None, None] if positions.dim() == 1 else angles[:, None]  # [B or 1, 1, T, D]
             tables[layer_type] = (angles.cos().to(dtype), angles.sin().to(dtype))
         return tables
 
@@ -182,6 +184,12 @@ class Layer(nn.Module):
         return (a + self.post_feedforward_layernorm(dense + routed)) * layer_scalar
 
 
+def _with_padding(mask: torch.Tensor | None, key_padding: torch.Tensor) -> torch.Tensor:
+    """Combine a [T, S] position mask with a [B, S] key padding mask into [B, 1, T, S]."""
+    padding = key_padding[:, None, None, :]
+    return padding if mask is None else mask & padding
+
+
 class DiffusionGemma(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -225,11 +233,23 @@ class DiffusionGemma(nn.Module):
             return mask
         return (q - k).abs() <= self.window if layer_type != FULL else None
 
-    def encode(self, ids: torch.Tensor, start: int, store: KeyValueStore, with_logits: bool = False):
-        """Causal pass over `ids` at positions start.. that appends their keys/values to `store`."""
+    def encode(
+        self,
+        ids: torch.Tensor,
+        start: int,
+        store: KeyValueStore,
+        return_hidden: bool = False,
+        positions: torch.Tensor | None = None,
+        key_padding: torch.Tensor | None = None,
+    ):
+        """Causal pass over `ids` at positions start.. that appends their keys/values to `store`.
+
+        Training passes left-padded batches: `positions` [B, T] per example and `key_padding` [B, T] (True = real),
+        and asks for the final hidden states (`return_hidden`) to put the next-token head on the positions it needs.
+        """
         length = ids.shape[1]
-        positions = torch.arange(start, start + length, device=ids.device)
-        tables = self.rotary(positions, self.embed_tokens.weight.dtype)
+        index = torch.arange(start, start + length, device=ids.device)
+        tables = self.rotary(index if positions is None else positions, self.embed_tokens.weight.dtype)
         x = self.embed(ids)
         for layer in self.layers:
             layer_type = self.config.layer_types[layer.index]
@@ -239,17 +259,25 @@ class DiffusionGemma(nn.Module):
             # Keys older than the window can never be attended to by these queries on a sliding layer.
             first_key = max(0, start - self.window + 1) if layer_type != FULL and self.config.encoder_is_causal else 0
             keys, values = store.encoder_keys_values(layer.index, start, k, v, first_key)
-            mask = self.encoder_mask(layer_type, positions, torch.arange(first_key, start + length, device=ids.device))
+            key_index = torch.arange(first_key, start + length, device=ids.device)
+            mask = self.encoder_mask(layer_type, index, key_index)
+            if key_padding is not None:
+                # Every query keeps its own key, so a padding row is never fully masked (which would give NaN).
+                mask = _with_padding(mask, key_padding[:, first_key:]) | (index[:, None] == key_index[None, :])
             a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, mask)))
             x = layer.feed_forward(a, layer.encoder_layer_scalar)
-        return self.logits(x) if with_logits else None
+        return x if return_hidden else None
 
-    def self_conditioned_embedding(self, canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
+    def self_conditioned_embedding(
+        self, canvas: torch.Tensor, sc_logits: torch.Tensor | None, sc_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         e = self.embed(canvas)
         if sc_logits is not None:
             weight = self.embed_tokens.weight
             soft = torch.softmax(sc_logits, dim=-1, dtype=torch.float32).to(weight.dtype) @ weight
             soft = soft * self.scale_as(e.dtype)
+            if sc_mask is not None:  # training: examples without self-conditioning get a zero signal
+                soft = soft * sc_mask.to(soft.dtype)[:, None, None]
             sc = self.self_conditioning
             normed = sc["pre_norm"](soft)
             e = e + sc["down_proj"](F.gelu(sc["gate_proj"](normed), approximate="tanh") * sc["up_proj"](normed))
@@ -263,11 +291,16 @@ class DiffusionGemma(nn.Module):
         store: KeyValueStore,
         sc_logits: torch.Tensor | None,
         tables: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        key_padding: torch.Tensor | None = None,
+        sc_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Bidirectional canvas pass at positions start..start+C over [prefix ; canvas]. Returns fp32 logits."""
+        """Bidirectional canvas pass at positions start..start+C over [prefix ; canvas]. Returns fp32 logits.
+
+        Training passes per-example rotary `tables`, a `key_padding` [B, start + C] mask and an `sc_mask` [B].
+        """
         if tables is None:
             tables = self.canvas_rotary(start, canvas.shape[1], canvas.device)
-        x = self.self_conditioned_embedding(canvas, sc_logits)
+        x = self.self_conditioned_embedding(canvas, sc_logits, sc_mask)
         for layer in self.layers:
             layer_type = self.config.layer_types[layer.index]
             cos, sin = tables[layer_type]
@@ -276,7 +309,8 @@ class DiffusionGemma(nn.Module):
             # Sliding layers see what the reference's cache retains: the last W-1 prefix positions.
             first_key = max(0, start - (self.window - 1)) if layer_type != FULL else 0
             keys, values = store.decoder_keys_values(layer.index, k, v, first_key)
-            a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, None)))
+            mask = None if key_padding is None else key_padding[:, None, None, first_key:]
+            a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, mask)))
             x = layer.feed_forward(a, layer.decoder_layer_scalar)
         return self.logits(x)
 
