@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 2
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,bench]"
 	touch $@
 
 .PHONY: install test
