@@ -1,0 +1,74 @@
+"""``diffgemma-lsp``: start the language server (stdio by default, or TCP)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from engine import EMBEDDED_MODEL
+from engine.engine import DTYPES
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:2087), got {value!r}")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lsp_server.server import VERSION
+
+    parser = argparse.ArgumentParser(
+        prog="diffgemma-lsp",
+        description="Language server giving inline code completions (LSP 3.18 textDocument/inlineCompletion, "
+                    "with a textDocument/completion fallback) from a DiffusionGemma block-diffusion model.",
+        epilog="Clients may override --model, --device and --dtype, and tune everything else, through "
+               "initializationOptions or workspace/didChangeConfiguration (see lsp_server/settings.py).",
+    )
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    transport.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen for one client on HOST:PORT")
+    parser.add_argument("--model", default=EMBEDDED_MODEL,
+                        help=f"checkpoint directory, or {EMBEDDED_MODEL!r} for the packaged model (default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="weights and activations (default: float32 on the CPU, bfloat16 on CUDA)")
+    parser.add_argument("--log-file", help="write the server log here (default: stderr; stdout carries LSP)")
+    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--version", action="version", version=f"diffgemma-lsp {VERSION}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until the client exits; the process ends here (never returns after serving)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        filename=args.log_file, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Imported after the arguments are parsed, so --help and --version answer without loading torch.
+    from lsp_server.server import SERVER
+    from lsp_server.settings import apply_changes
+
+    settings, problems = apply_changes(SERVER.base_settings, {"model": args.model, "device": args.device,
+                                                              "dtype": args.dtype})
+    if problems:
+        parser.error("; ".join(problems))
+    SERVER.base_settings = settings
+    if args.tcp:
+        SERVER.start_tcp(*args.tcp)
+    else:
+        SERVER.start_io()
+    # LSP: exit code 0 after shutdown + exit, 1 when the connection ended any other way. Exit right away:
+    # tearing down torch's module graph takes about a second of garbage collection and saves nothing.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0 if SERVER.shutdown_requested else 1)
+
+
+if __name__ == "__main__":
+    main()

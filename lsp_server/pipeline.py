@@ -1,0 +1,127 @@
+"""The infill pipeline: context -> Engine.infill -> post-processing -> ranking.
+
+The server and ``diffgemma-infill`` run the same stages. The server calls them one by one, because the stages
+that read a :class:`~lsp_server.documents.Document` (context, post-processing, ranking) must run on the event
+loop thread that owns the documents, while generation runs on the model worker and touches no document;
+:meth:`InfillPipeline.complete` runs them in sequence for a one-shot completion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import engine
+from engine import CanvasText, Engine, InfillResult
+from engine.infill import prompt_format, text_tokenizer
+from lsp_server.completion_mode import CompletionMode
+from lsp_server.context import ContextBudget, InfillContext, build_context
+from lsp_server.documents import Document
+from lsp_server.positions import PositionLike
+from lsp_server.postprocess import postprocess
+from lsp_server.ranking import RankedCandidate, rank_candidates
+from lsp_server.settings import Settings
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Load the checkpoint the settings name, on their device and dtype, with their canvas length."""
+    loaded = engine.load(engine.resolve_model_path(settings.model), settings.device, settings.dtype)
+    if settings.canvas_length is not None:
+        # The canvas length is no part of the weights (canvas positions come from RoPE): loading with another
+        # one is the same as editing the checkpoint's config.json.
+        loaded.model.config = replace(loaded.model.config, canvas_length=settings.canvas_length)
+    return loaded
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion made by :meth:`InfillPipeline.complete`."""
+
+    context: InfillContext
+    result: InfillResult | None  # None when the mode asked for no completion
+    ranked: list[RankedCandidate]  # post-processed candidates, best first
+    timings_ms: dict[str, float]  # context, generate, postprocess, total
+
+    @property
+    def text(self) -> str | None:
+        return self.ranked[0].text if self.ranked else None
+
+
+class InfillPipeline:
+    """The stages of a completion for one loaded engine."""
+
+    def __init__(self, loaded: Engine) -> None:
+        self.engine = loaded
+        tokenizer = text_tokenizer(loaded)
+        self.prompt_format = prompt_format(tokenizer)  # fails here, at load, for a tokenizer that cannot infill
+        self._tokenizer = tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def context(
+        self,
+        document: Document,
+        position: PositionLike,
+        settings: Settings,
+        other_documents: Iterable[Document] = (),
+        invoked: bool = False,
+    ) -> InfillContext:
+        """Prefix, suffix and snippets within the prompt budget (reads the document: loop thread)."""
+        budget = ContextBudget(max_tokens=settings.max_prompt_tokens)
+        return build_context(document, position, self.count_tokens, budget, other_documents, invoked)
+
+    def generate(
+        self,
+        context: InfillContext,
+        settings: Settings,
+        cancelled: Callable[[], bool] | None = None,
+        on_canvas: Callable[[CanvasText], None] | None = None,
+    ) -> InfillResult:
+        """Run the model on a context (touches no document: any thread)."""
+        overrides: dict[str, Any] = {}
+        if settings.denoising_steps is not None:
+            overrides["max_denoising_steps"] = settings.denoising_steps
+        return self.engine.infill(
+            context.prompt_prefix(), context.suffix, max_new_tokens=settings.max_new_tokens,
+            num_candidates=settings.candidates, seed=settings.seed, on_canvas=on_canvas, cancelled=cancelled,
+            **overrides,
+        )
+
+    @staticmethod
+    def rank(
+        result: InfillResult, document: Document, position: PositionLike, mode: CompletionMode
+    ) -> list[RankedCandidate]:
+        """Post-process every candidate for the cursor and rank what remains (reads the document: loop thread)."""
+        cleaned = ((postprocess(candidate.text, document, position, mode), candidate.score)
+                   for candidate in result.candidates)
+        return rank_candidates(document, position, [(text, score) for text, score in cleaned if text is not None])
+
+    def complete(
+        self,
+        document: Document,
+        position: PositionLike,
+        settings: Settings,
+        other_documents: Iterable[Document] = (),
+        invoked: bool = True,
+        on_canvas: Callable[[CanvasText], None] | None = None,
+    ) -> Completion:
+        """All stages in sequence, timed."""
+        started = time.perf_counter()
+        context = self.context(document, position, settings, other_documents, invoked)
+        context_done = time.perf_counter()
+        if context.mode is CompletionMode.NONE:
+            return Completion(context, None, [], {"context": _ms(started, context_done), "total": _ms(started, context_done)})
+        result = self.generate(context, settings, on_canvas=on_canvas)
+        generated = time.perf_counter()
+        ranked = self.rank(result, document, position, context.mode)
+        finished = time.perf_counter()
+        timings = {"context": _ms(started, context_done), "generate": _ms(context_done, generated),
+                   "postprocess": _ms(generated, finished), "total": _ms(started, finished)}
+        return Completion(context, result, ranked, timings)
+
+
+def _ms(start: float, end: float) -> float:
+    return (end - start) * 1000.0

@@ -1,0 +1,552 @@
+"""The diffgemma language server: LSP 3.18 inline completion from the infill pipeline, with a completion fallback.
+
+Threads: the asyncio loop owns the documents and answers every message; one worker thread (the
+:class:`~lsp_server.scheduler.Scheduler`) owns the model. A completion request builds its context on the loop,
+waits for the worker without blocking the loop, then post-processes on the loop. So ``initialize``,
+``shutdown``, ``$/cancelRequest`` and new requests are answered while the model runs.
+
+Custom protocol:
+
+* ``diffgemma/stats`` (request): counters, latency and the last model run (see :mod:`lsp_server.stats`).
+* ``diffgemma/status`` (notification): ``{state: loading|ready|busy|error, message, model}``.
+* ``diffgemma/canvas`` (notification): ``{uri, position, requestId, block, step, maxSteps, text,
+  acceptedFraction}`` after every denoising step; ``step`` counts from 1 across the canvases of a request.
+* ``diffgemma.acceptInlineCompletion`` (command, argument: the completion id): sent by the client when a
+  suggestion is accepted; items carry it as their ``command``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from enum import Enum
+from importlib import metadata
+from typing import Any
+
+import cattrs
+from lsprotocol import types
+from pygls.capabilities import get_capability
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
+
+from engine import CanvasText, InfillResult
+from lsp_server.completion_cache import ResultCache, TypedAhead
+from lsp_server.completion_mode import CompletionMode
+from lsp_server.context import InfillContext
+from lsp_server.documents import Document, DocumentError, DocumentNotOpenError, DocumentStore
+from lsp_server.pipeline import InfillPipeline, load_engine
+from lsp_server.positions import PositionError, encode_text
+from lsp_server.scheduler import Job, JobCancelled, Scheduler
+from lsp_server.settings import LOAD_FIELDS, Settings, apply_changes
+from lsp_server.stats import LastRun, Stats
+
+logger = logging.getLogger(__name__)
+
+try:
+    VERSION = metadata.version("diffgemma-lsp")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    VERSION = "0+unknown"
+
+ACCEPT_COMMAND = "diffgemma.acceptInlineCompletion"
+STATS_REQUEST = "diffgemma/stats"
+STATUS_NOTIFICATION = "diffgemma/status"
+CANVAS_NOTIFICATION = "diffgemma/canvas"
+MODEL_JOB = "model"  # scheduler key of model loads: a newer load supersedes an older one
+# Completion ids remembered for the accept command (older ones are forgotten).
+ISSUED_IDS = 1024
+_COMPLETION_LABEL_CHARS = 60
+_WORD_BEFORE_CURSOR = re.compile(r"\w*\Z")
+
+
+class Status(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    BUSY = "busy"
+    ERROR = "error"
+
+
+class DiffgemmaProtocol(LanguageServerProtocol):
+    """pygls' protocol with three changes, each for the client's sake.
+
+    * A request whose params do not deserialize gets an InvalidParams error response (pygls only logs it, and
+      the client would wait for an answer forever).
+    * ``completionProvider`` is advertised only to clients without inline completion, which use it as fallback.
+    * Text synchronisation goes to the server's own DocumentStore only: pygls' workspace would keep a second
+      copy of every document and apply every keystroke twice.
+    """
+
+    def structure_message(self, data: Any) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as error:
+            if isinstance(data, dict) and "id" in data and "method" in data:
+                cause = error.__cause__
+                reason = "; ".join(cattrs.transform_error(cause)) if isinstance(cause, Exception) else str(error)
+                self._send_response(
+                    data["id"],
+                    error=JsonRpcInvalidParams(f"invalid params for {data['method']}: {reason}").to_response_error(),
+                )
+            raise
+
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams) -> Generator[Any, Any, types.InitializeResult]:
+        result = yield from super().lsp_initialize(params)
+        if get_capability(params.capabilities, "text_document.inline_completion") is not None:
+            result.capabilities.completion_provider = None
+        return result
+
+    def _user_handler(self, method: str, params: Any) -> Generator[Any, Any, None]:
+        if (handler := self.fm.features.get(method)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
+        yield from self._user_handler(types.TEXT_DOCUMENT_DID_OPEN, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        yield from self._user_handler(types.TEXT_DOCUMENT_DID_CHANGE, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
+        yield from self._user_handler(types.TEXT_DOCUMENT_DID_CLOSE, params)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Suggestions (best first) for a cursor, and what the client items are built from."""
+
+    document: Document
+    position: types.Position
+    offset: int  # byte offset of the cursor
+    suggestions: list[str]
+
+
+class DiffgemmaServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("diffgemma-lsp", VERSION, protocol_cls=DiffgemmaProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.base_settings = Settings()  # from the command line; client settings apply over them
+        self.settings = Settings()
+        self.documents = DocumentStore()
+        self.stats = Stats()
+        self.results: ResultCache[InfillResult] = ResultCache(self.settings.cache_size)
+        self.typed_ahead = TypedAhead()
+        self.pipeline: InfillPipeline | None = None
+        self.status = Status.LOADING
+        self.scheduler: Scheduler | None = None
+        self.shutdown_requested = False
+        self._completion_ids = (f"dg-{n}" for n in itertools.count(1))
+        self._issued: OrderedDict[str, None] = OrderedDict()
+        self._disabled_logged: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------- messages
+
+    def log(self, level: types.MessageType, message: str) -> None:
+        logger.log({types.MessageType.Error: logging.ERROR, types.MessageType.Warning: logging.WARNING}
+                   .get(level, logging.INFO), message)
+        self.window_log_message(types.LogMessageParams(type=level, message=message))
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # Logged, never shown: a client that sends one bad message per keystroke must not get a dialog for each.
+        self.log(types.MessageType.Error, f"{getattr(source, '__name__', source)}: {error}")
+
+    def set_status(self, status: Status, message: str) -> None:
+        self.status = status
+        self.protocol.notify(STATUS_NOTIFICATION, {"state": status.value, "message": message,
+                                                    "model": self.settings.model})
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def initialize(self, params: types.InitializeParams) -> None:
+        encoding = self.workspace.position_encoding
+        self.documents = DocumentStore(getattr(encoding, "value", encoding))  # pygls may give its enum
+        self.scheduler = Scheduler(asyncio.get_running_loop(), self._on_worker_activity)
+        self.settings, problems = apply_changes(self.base_settings, params.initialization_options)
+        self.results.resize(self.settings.cache_size)
+        for problem in problems:
+            self.log(types.MessageType.Warning, f"initializationOptions: {problem} (ignored)")
+
+    def prepare_shutdown(self) -> None:
+        """The client's shutdown request: stop the model work (pygls' own shutdown() stops the transport)."""
+        self.shutdown_requested = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    async def load_model(self) -> None:
+        """Load the model the settings name on the worker, reporting progress and status; never raises."""
+        settings = self.settings
+        self.pipeline = None
+        self.set_status(Status.LOADING, f"loading {settings.model}")
+        token = await self._create_progress()
+        if token is not None:
+            self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="diffgemma", message=f"loading {settings.model}"))
+        job = self.scheduler.submit(MODEL_JOB, lambda job: InfillPipeline(load_engine(settings)))
+        try:
+            pipeline = await job.future
+        except JobCancelled:  # a newer load replaced this one; it reports for itself
+            return
+        except Exception as error:  # noqa: BLE001 - any load failure is reported to the user, the server serves on
+            self.set_status(Status.ERROR, f"could not load the model {settings.model!r}: {error}")
+            self.log(types.MessageType.Error, f"could not load the model {settings.model!r}: {error}")
+            self.window_show_message(types.ShowMessageParams(
+                type=types.MessageType.Error, message=f"diffgemma: could not load the model {settings.model!r}: {error}"))
+            return
+        finally:
+            if token is not None:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd())
+        self.pipeline = pipeline
+        loaded = pipeline.engine
+        description = (f"{loaded.path} on {loaded.device} ({str(loaded.dtype).removeprefix('torch.')}), "
+                       f"{pipeline.prompt_format} prompts, canvas {loaded.config.canvas_length}")
+        self.set_status(Status.READY, description)
+        self.log(types.MessageType.Info, f"model ready: {description}")
+
+    async def _create_progress(self) -> str | None:
+        """A server-initiated work-done progress token, if the client supports them."""
+        if not get_capability(self.client_capabilities, "window.work_done_progress", False):
+            return None
+        token = f"diffgemma-load-{uuid.uuid4()}"
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception as error:  # noqa: BLE001 - a client that refuses the token just gets no progress bar
+            self.log(types.MessageType.Warning, f"client refused a progress token: {error}")
+            return None
+        return token
+
+    def change_settings(self, raw: Any) -> None:
+        new, problems = apply_changes(self.settings, raw)
+        for problem in problems:
+            self.log(types.MessageType.Warning, f"settings: {problem} (ignored)")
+        old, self.settings = self.settings, new
+        changed = {name for name in vars(new) if getattr(old, name) != getattr(new, name)}
+        self.results.resize(new.cache_size)
+        if changed - {"enabled_languages", "cache_size", "canvas_notifications"}:
+            self.results.clear()  # results of other generation settings must not answer for the new ones
+            self.typed_ahead = TypedAhead()
+        if changed & LOAD_FIELDS:
+            asyncio.ensure_future(self.load_model())
+        self.log(types.MessageType.Info, f"settings changed: {', '.join(sorted(changed)) or 'nothing'}")
+
+    def _on_worker_activity(self, busy: bool) -> None:
+        status = Status.BUSY if busy else Status.READY
+        # Loads report their own status; a finished load may also report idle, after its READY.
+        if self.pipeline is not None and self.status in (Status.READY, Status.BUSY) and status is not self.status:
+            self.set_status(status, "generating" if busy else "idle")
+
+    # ------------------------------------------------------------------------------------------ documents
+
+    def open_document(self, params: types.DidOpenTextDocumentParams) -> None:
+        item = params.text_document
+        try:
+            self.documents.open(item.uri, item.language_id, item.version, item.text)
+        except DocumentError as error:
+            self.log(types.MessageType.Error, f"cannot open {item.uri}: {error}")
+
+    def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        try:
+            self.documents.change(uri, params.text_document.version, params.content_changes)
+        except DocumentNotOpenError as error:
+            self.log(types.MessageType.Warning, f"change ignored: {error}")
+        except (DocumentError, PositionError) as error:
+            # Some changes may be applied and some not: the copy no longer matches the editor's, and completing
+            # from it would insert text in the wrong place. Forget it until the client opens it again.
+            self.close_document(uri)
+            self.log(types.MessageType.Error, f"invalid change to {uri} ({error}); the document is closed "
+                                              "on the server until the client opens it again")
+
+    def close_document(self, uri: str) -> None:
+        self.scheduler.supersede(uri)
+        self.typed_ahead.forget(uri)
+        if uri in self.documents:
+            self.documents.close(uri)
+
+    # ----------------------------------------------------------------------------------------- completion
+
+    async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        answer = await self._answer(params.text_document.uri, params.position, invoked, params.work_done_token)
+        if answer is None:
+            return types.InlineCompletionList(items=[])
+        # The range runs from the start of the cursor's line: VS Code shows an item only while the replaced text
+        # is a prefix of insertText, and keeps showing it as the user types on; Neovim skips the common prefix.
+        line_start = types.Position(line=answer.position.line, character=0)
+        before = answer.document.text_between(answer.document.line_start(answer.position.line), answer.offset)
+        return types.InlineCompletionList(items=[
+            types.InlineCompletionItem(
+                insert_text=before + suggestion,
+                range=types.Range(start=line_start, end=answer.position),
+                command=self._accept_command(),
+            )
+            for suggestion in answer.suggestions
+        ])
+
+    async def completion(self, params: types.CompletionParams) -> types.CompletionList:
+        """One item with a textEdit, for clients without inline completion."""
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        answer = await self._answer(params.text_document.uri, params.position, invoked, params.work_done_token)
+        if answer is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        document = answer.document
+        before = document.text_between(document.line_start(answer.position.line), answer.offset)
+        word = _WORD_BEFORE_CURSOR.search(before).group()
+        word_start = document.position_at(answer.offset - len(encode_text(word)))
+        text = word + answer.suggestions[0]
+        label = text.split("\n", 1)[0].strip() or text.strip()
+        return types.CompletionList(
+            # Incomplete: the suggestion depends on every character typed, so the client must ask again.
+            is_incomplete=True,
+            items=[types.CompletionItem(
+                label=label[:_COMPLETION_LABEL_CHARS] + ("…" if len(label) > _COMPLETION_LABEL_CHARS else ""),
+                kind=types.CompletionItemKind.Snippet,
+                detail="diffgemma",
+                filter_text=text,
+                sort_text="0",
+                insert_text_format=types.InsertTextFormat.PlainText,
+                text_edit=types.TextEdit(
+                    range=types.Range(start=types.Position(*word_start), end=answer.position), new_text=text),
+                command=self._accept_command(),
+            )],
+        )
+
+    def accept(self, completion_id: str) -> None:
+        if completion_id not in self._issued:
+            raise JsonRpcInvalidParams(f"unknown completion id {completion_id!r}")
+        del self._issued[completion_id]
+        self.stats.acceptances += 1
+
+    def _accept_command(self) -> types.Command:
+        completion_id = next(self._completion_ids)
+        self._issued[completion_id] = None
+        while len(self._issued) > ISSUED_IDS:
+            self._issued.popitem(last=False)
+        return types.Command(title="Accept diffgemma suggestion", command=ACCEPT_COMMAND, arguments=[completion_id])
+
+    async def _answer(
+        self, uri: str, position: types.Position, invoked: bool, work_done_token: types.ProgressToken | None
+    ) -> Answer | None:
+        started = time.perf_counter()
+        self.stats.requests += 1
+        answer = await self._suggest(uri, position, invoked, work_done_token)
+        if answer is not None:
+            self.stats.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        return answer
+
+    async def _suggest(
+        self, uri: str, position: types.Position, invoked: bool, work_done_token: types.ProgressToken | None
+    ) -> Answer | None:
+        try:
+            document = self.documents.get(uri)
+        except DocumentNotOpenError as error:
+            self.log(types.MessageType.Warning, f"no completion: {error}")
+            return None
+        try:
+            offset = document.offset_at(position)
+        except PositionError as error:
+            raise JsonRpcInvalidParams(f"invalid position for {uri}: {error}") from None
+        # A new request for a document supersedes the older one, however this one is answered.
+        self.scheduler.supersede(uri)
+        if not self.settings.language_enabled(document.language_id, document.spec.name):
+            if uri not in self._disabled_logged:
+                self._disabled_logged.add(uri)
+                self.log(types.MessageType.Info, f"no completions for {uri}: language "
+                                                 f"{document.language_id or document.spec.name!r} is not enabled")
+            return None
+        pipeline, settings = self.pipeline, self.settings
+        if pipeline is None:  # loading, or failed to load: the status notification says which
+            return None
+
+        source = document.source
+        rest = self.typed_ahead.continuation(uri, source, offset)
+        if rest is not None:
+            self.stats.typed_ahead_hits += 1
+            self.typed_ahead.remember(uri, source, offset, rest)
+            return Answer(document, position, offset, [rest])
+
+        try:
+            context = pipeline.context(document, position, settings, self.documents.others(uri), invoked)
+        except Exception as error:  # noqa: BLE001 - a context bug must cost one completion, not the server
+            self.stats.errors += 1
+            self.log(types.MessageType.Error, f"context for {uri} at {position.line}:{position.character} failed: {error!r}")
+            return None
+        if context.mode is CompletionMode.NONE:
+            return None
+        key = (context.prompt_prefix(), context.suffix)
+        result = self.results.get(key)
+        if result is not None:
+            self.stats.cache_hits += 1
+        else:
+            revision = document.revision
+            result = await self._generate(pipeline, settings, context, uri, position, work_done_token)
+            if result is None:
+                return None
+            self.results.put(key, result)
+            current = self.documents.get(uri) if uri in self.documents else None
+            if current is not document or document.revision != revision:
+                # Edited while the model ran: post-processing needs the text the context was built from. The
+                # result stays cached for a request that sees that text again.
+                self.stats.stale += 1
+                return None
+        ranked = pipeline.rank(result, document, position, context.mode)
+        if not ranked:
+            return None
+        self.typed_ahead.remember(uri, document.source, offset, ranked[0].text)
+        return Answer(document, position, offset, [candidate.text for candidate in ranked])
+
+    async def _generate(
+        self,
+        pipeline: InfillPipeline,
+        settings: Settings,
+        context: InfillContext,
+        uri: str,
+        position: types.Position,
+        work_done_token: types.ProgressToken | None,
+    ) -> InfillResult | None:
+        """Run the model on the worker; None when superseded or failed (each counted and logged)."""
+        stream = _CanvasStream(self, uri, position, self.protocol.msg_id, work_done_token, settings.canvas_notifications)
+        job = self.scheduler.submit(uri, lambda job: pipeline.generate(
+            context, settings, cancelled=job.cancelled, on_canvas=stream.callback(job)))
+        stream.begin()
+        try:
+            result = await job.future
+        except JobCancelled:
+            self.stats.cancellations += 1
+            self.stats.superseded += 1
+            return None
+        except asyncio.CancelledError:  # $/cancelRequest: pygls answers RequestCancelled; stop the model too
+            self.scheduler.cancel(job)
+            self.stats.cancellations += 1
+            raise
+        except Exception as error:  # noqa: BLE001 - an engine failure costs one completion, not the server
+            self.stats.errors += 1
+            self.log(types.MessageType.Error, f"model run for {uri} failed: {type(error).__name__}: {error}")
+            return None
+        finally:
+            self.stats.model_runs += job.started
+            stream.end()
+        generation = result.generation
+        self.stats.last_run = LastRun(generation.prompt_tokens, generation.encoded_prompt_tokens, generation.steps,
+                                      generation.blocks, generation.wall_time_s * 1000.0)
+        return result
+
+
+class _CanvasStream:
+    """Streams one request's denoising steps: ``diffgemma/canvas`` notifications and ``$/progress`` reports."""
+
+    def __init__(self, server: DiffgemmaServer, uri: str, position: types.Position, request_id: Any,
+                 work_done_token: types.ProgressToken | None, notify: bool) -> None:
+        self.server = server
+        self.uri = uri
+        self.position = position
+        self.request_id = request_id
+        self.token = work_done_token
+        self.notify = notify
+        self.steps = 0
+        self._loop = asyncio.get_running_loop()
+
+    def callback(self, job: Job) -> Callable[[CanvasText], None] | None:
+        """The engine's on_canvas callback (called on the worker): hands each step to the loop, which owns the
+        connection; None when nobody listens, which spares decoding the canvas at every step."""
+        if not self.notify and self.token is None:
+            return None
+        return lambda canvas: self._loop.call_soon_threadsafe(self._step, job, canvas)
+
+    def begin(self) -> None:
+        if self.token is not None:
+            self.server.protocol.notify(types.PROGRESS, types.ProgressParams(
+                token=self.token, value=types.WorkDoneProgressBegin(title="diffgemma", message="denoising",
+                                                                    cancellable=False, percentage=0)))
+
+    def end(self) -> None:
+        if self.token is not None:
+            self.server.protocol.notify(types.PROGRESS, types.ProgressParams(
+                token=self.token, value=types.WorkDoneProgressEnd(message=f"{self.steps} denoising steps")))
+
+    def _step(self, job: Job, canvas: CanvasText) -> None:
+        if job.cancelled():  # a superseded request shows nothing more
+            return
+        self.steps += 1
+        if self.notify:
+            self.server.protocol.notify(CANVAS_NOTIFICATION, {
+                "uri": self.uri,
+                "position": {"line": self.position.line, "character": self.position.character},
+                "requestId": self.request_id,
+                "block": canvas.block,
+                "step": self.steps,
+                "maxSteps": canvas.max_steps,
+                "text": canvas.text,
+                "acceptedFraction": canvas.accepted_fraction,
+            })
+        if self.token is not None:
+            self.server.protocol.notify(types.PROGRESS, types.ProgressParams(
+                token=self.token, value=types.WorkDoneProgressReport(
+                    message=f"canvas {canvas.block + 1}, step {canvas.step}/{canvas.max_steps}",
+                    percentage=min(100, round(100 * canvas.step / canvas.max_steps)))))
+
+
+SERVER = DiffgemmaServer()
+
+
+@SERVER.feature(types.INITIALIZE)
+def _initialize(server: DiffgemmaServer, params: types.InitializeParams) -> None:
+    server.initialize(params)
+
+
+@SERVER.feature(types.INITIALIZED)
+async def _initialized(server: DiffgemmaServer, params: types.InitializedParams) -> None:
+    await server.load_model()  # after initialize has returned, so a slow load never delays it
+
+
+@SERVER.feature(types.SHUTDOWN)
+def _shutdown(server: DiffgemmaServer, params: None) -> None:
+    server.prepare_shutdown()
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def _did_open(server: DiffgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
+    server.open_document(params)
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def _did_change(server: DiffgemmaServer, params: types.DidChangeTextDocumentParams) -> None:
+    server.change_document(params)
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def _did_close(server: DiffgemmaServer, params: types.DidCloseTextDocumentParams) -> None:
+    server.close_document(params.text_document.uri)
+
+
+@SERVER.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def _did_change_configuration(server: DiffgemmaServer, params: types.DidChangeConfigurationParams) -> None:
+    server.change_settings(params.settings)
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def _inline_completion(server: DiffgemmaServer, params: types.InlineCompletionParams):
+    return await server.inline_completion(params)
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+async def _completion(server: DiffgemmaServer, params: types.CompletionParams):
+    return await server.completion(params)
+
+
+@SERVER.command(ACCEPT_COMMAND)
+def _accept(server: DiffgemmaServer, completion_id: str) -> None:
+    server.accept(completion_id)
+
+
+@SERVER.feature(STATS_REQUEST)
+def _stats(server: DiffgemmaServer, params: Any) -> dict[str, Any]:
+    return server.stats.to_wire(server.status.value)

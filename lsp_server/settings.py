@@ -1,0 +1,146 @@
+"""The server's settings: one fully-defaulted, typed object; camelCase names on the wire.
+
+Clients send settings as ``initializationOptions`` and in ``workspace/didChangeConfiguration``, either flat
+(``{"maxPromptTokens": 2048}``) or under a ``diffgemma`` section (``{"diffgemma": {...}}``, what VS Code sends).
+A change names only the fields it changes; a field with a wrong type or value keeps its previous value and is
+reported, so one typo never takes the other settings with it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from engine import EMBEDDED_MODEL
+from engine.engine import DTYPES
+
+SECTION = "diffgemma"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = EMBEDDED_MODEL  # checkpoint directory, or "embedded"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str | None = None  # None: float32 on the CPU, bfloat16 on CUDA
+    canvas_length: int | None = None  # tokens per denoised block; None: the checkpoint's
+    max_prompt_tokens: int = 1024  # prefix + suffix + other-file snippets
+    max_new_tokens: int | None = None  # None: one canvas
+    denoising_steps: int | None = None  # per canvas; None: the checkpoint's
+    candidates: int = 1  # canvases sampled per request (one batch), ranked
+    seed: int | None = None  # None: a fresh seed per request
+    enabled_languages: tuple[str, ...] = ("*",)  # LSP languageIds or language names; "*" for all
+    cache_size: int = 256  # completion results remembered (LRU)
+    canvas_notifications: bool = True  # stream diffgemma/canvas while denoising
+
+    def to_wire(self) -> dict[str, Any]:
+        return {wire_name(f.name): _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def language_enabled(self, *names: str | None) -> bool:
+        return "*" in self.enabled_languages or any(name in self.enabled_languages for name in names if name)
+
+
+# Settings read when the model is loaded: changing one reloads it.
+LOAD_FIELDS = frozenset({"model", "device", "dtype", "canvas_length"})
+
+
+def wire_name(field_name: str) -> str:
+    head, *rest = field_name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+_FIELDS_BY_WIRE_NAME = {wire_name(f.name): f.name for f in fields(Settings)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any, optional: bool = False) -> Any:
+    if optional and value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"expected a positive integer{' or null' if optional else ''}, got {value!r}")
+    return value
+
+
+def _check_model(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a checkpoint directory or {EMBEDDED_MODEL!r}, got {value!r}")
+    return value
+
+
+def _check_device(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _check_dtype(value: Any) -> str | None:
+    if value is None or value == "auto":
+        return None
+    if value not in DTYPES:
+        raise ValueError(f"expected one of {', '.join(sorted(DTYPES))} or auto, got {value!r}")
+    return value
+
+
+def _check_seed(value: Any) -> int | None:
+    if value is not None and (not _is_int(value) or value < 0):
+        raise ValueError(f"expected a non-negative integer or null, got {value!r}")
+    return value
+
+
+def _check_languages(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of language ids (\"*\" for all), got {value!r}")
+    return tuple(value)
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+_CHECKS = {
+    "model": _check_model,
+    "device": _check_device,
+    "dtype": _check_dtype,
+    "canvas_length": lambda v: _positive_int(v, optional=True),
+    "max_prompt_tokens": _positive_int,
+    "max_new_tokens": lambda v: _positive_int(v, optional=True),
+    "denoising_steps": lambda v: _positive_int(v, optional=True),
+    "candidates": _positive_int,
+    "seed": _check_seed,
+    "enabled_languages": _check_languages,
+    "cache_size": _positive_int,
+    "canvas_notifications": _check_bool,
+}
+
+
+def apply_changes(base: Settings, raw: Any) -> tuple[Settings, list[str]]:
+    """``base`` with the fields named in ``raw`` (a wire-format mapping) changed, and a message per entry left out."""
+    if raw is None:
+        return base, []
+    if isinstance(raw, Mapping) and isinstance(raw.get(SECTION), Mapping):
+        raw = raw[SECTION]
+    if not isinstance(raw, Mapping):
+        return base, [f"settings must be an object, got {type(raw).__name__}"]
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        name = _FIELDS_BY_WIRE_NAME.get(key)
+        if name is None:
+            problems.append(f"{key!r} is not a setting; the settings are {', '.join(_FIELDS_BY_WIRE_NAME)}")
+            continue
+        try:
+            changes[name] = _CHECKS[name](value)
+        except ValueError as error:
+            problems.append(f"{key!r}: {error}")
+    return replace(base, **changes), problems

@@ -1,0 +1,141 @@
+"""Bad input never stops the server: error responses or empty results, with window/logMessage and showMessage."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams, JsonRpcMethodNotFound
+
+import engine
+from checkpoints import cached_checkpoint
+from lsp_support import (
+    inline, insert, open_document, send_bytes, send_raw_notification, send_raw_request, start_client, stats,
+    stop_client, wait_until,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+LINE = "        result += "
+SOURCE = f"def total(items):\n    result = 0\n    for item in items:\n{LINE}\n    return result\n"
+
+
+def logged(client, text: str, level: types.MessageType | None = None) -> bool:
+    return any(text in m.message and (level is None or m.type == level) for m in client.log_messages)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return str(cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant"))
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def client(checkpoint):
+    client = await start_client(checkpoint, settings={"enabledLanguages": ["python"]})
+    yield client
+    await stop_client(client)
+
+
+async def serves(client) -> bool:
+    """The server still completes: a fresh document gets a suggestion."""
+    uri = f"file:///alive_{len(client.log_messages)}_{len(client.statuses)}.py"
+    open_document(client, uri, SOURCE)
+    return bool((await inline(client, uri, 3, len(LINE))).items)
+
+
+async def test_malformed_params_get_an_invalid_params_response(client):
+    bad = {"textDocument": {"uri": 5}, "position": {"line": "three", "character": 0}, "context": {}}
+    with pytest.raises(JsonRpcInvalidParams, match="invalid params for textDocument/inlineCompletion"):
+        await send_raw_request(client, "bad-params-1", types.TEXT_DOCUMENT_INLINE_COMPLETION, bad)
+    with pytest.raises(JsonRpcInvalidParams, match="invalid params for textDocument/completion"):
+        await send_raw_request(client, "bad-params-2", types.TEXT_DOCUMENT_COMPLETION, [1, 2, 3])
+    assert await serves(client)
+
+
+async def test_garbage_and_bad_notifications_are_logged(client):
+    seen = len(client.log_messages)
+    send_bytes(client, b"{this is not json")
+    send_raw_notification(client, types.TEXT_DOCUMENT_DID_OPEN, {"textDocument": {"uri": "file:///x.py", "text": 5}})
+    insert(client, "file:///never_opened.py", 0, 0, "x", version=2)
+    with pytest.raises(JsonRpcMethodNotFound):
+        await send_raw_request(client, "unknown-1", "diffgemma/noSuchMethod", {})
+    await wait_until(lambda: len(client.log_messages) >= seen + 3, "the problems to be logged")
+    assert logged(client, "Expecting property name", types.MessageType.Error)  # the body that is not JSON
+    assert logged(client, "change ignored: document is not open: file:///never_opened.py", types.MessageType.Warning)
+    assert await serves(client)
+
+
+async def test_unknown_document_gets_an_empty_result(client):
+    result = await inline(client, "file:///not_open.py", 0, 0)
+    assert not result.items
+    assert logged(client, "document is not open: file:///not_open.py", types.MessageType.Warning)
+
+
+async def test_position_out_of_range_gets_an_error(client):
+    uri = "file:///range.py"
+    open_document(client, uri, SOURCE)
+    with pytest.raises(JsonRpcInvalidParams, match="invalid position .*line 99 does not exist"):
+        await inline(client, uri, 99, 0)
+    with pytest.raises(JsonRpcInvalidParams, match="past the end"):
+        await inline(client, uri, 0, 500)
+    assert await serves(client)
+
+
+async def test_language_not_enabled_gets_an_empty_result(client):
+    uri = "file:///main.go"
+    open_document(client, uri, "package main\n\nfunc main() {\n\t\n}\n", language_id="go")
+    assert not (await inline(client, uri, 3, 1)).items
+    assert logged(client, "language 'go' is not enabled")
+
+
+async def test_invalid_change_closes_the_document(client):
+    uri = "file:///broken_change.py"
+    open_document(client, uri, SOURCE)
+    insert(client, uri, 40, 0, "x", version=2)  # line 40 does not exist
+    assert not (await inline(client, uri, 3, len(LINE))).items
+    assert logged(client, f"invalid change to {uri}", types.MessageType.Error)
+    open_document(client, uri, SOURCE, version=3)  # the editor opens it again: served again
+    assert (await inline(client, uri, 3, len(LINE))).items
+
+
+async def test_engine_failure_costs_one_empty_result(tmp_path_factory):
+    # The model has 300 embeddings, its tokenizer 512 tokens: the engine rejects the prompt (a real engine error).
+    broken = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant", model_vocab_size=300)
+    client = await start_client(str(broken))
+    uri = "file:///engine_error.py"
+    open_document(client, uri, SOURCE)
+    for _ in range(2):
+        assert not (await inline(client, uri, 3, len(LINE))).items
+    assert logged(client, "model run for file:///engine_error.py failed: ValueError: prompt token ids must be in [0, 300)",
+                  types.MessageType.Error)
+    assert (await stats(client))["errors"] == 2
+    client.exit(None)  # exit without shutdown: exit code 1
+    await client._server.wait()
+    assert client._server.returncode == 1
+    await client.stop()
+
+
+async def test_model_that_does_not_load_then_one_that_does(checkpoint, tmp_path):
+    client = await start_client(str(tmp_path / "no_such_checkpoint"), wait_for="error")
+    (error,) = [s for s in client.statuses if s["state"] == "error"]
+    assert "not a checkpoint directory" in error["message"]
+    await wait_until(lambda: client.messages, "a showMessage")
+    assert client.messages[0].type == types.MessageType.Error and "not a checkpoint directory" in client.messages[0].message
+    uri = "file:///before_ready.py"
+    open_document(client, uri, SOURCE)
+    assert not (await inline(client, uri, 3, len(LINE))).items  # no model: empty, not an error
+    assert (await stats(client))["status"] == "error"
+
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"model": checkpoint}))
+    await wait_until(lambda: client.statuses[-1]["state"] == "ready", "the new model")
+    assert (await inline(client, uri, 3, len(LINE))).items
+    await stop_client(client)
+
+
+@pytest.mark.skipif(engine.engine.EMBEDDED_MODEL_DIR.exists(), reason="the embedded model is installed")
+async def test_missing_embedded_model_is_reported():
+    client = await start_client(None, wait_for="error")  # no --model: the embedded one
+    (error,) = [s for s in client.statuses if s["state"] == "error"]
+    assert "embedded model is not installed" in error["message"] and "--model PATH" in error["message"]
+    assert "embedded model is not installed" in client.messages[0].message
+    await stop_client(client)
