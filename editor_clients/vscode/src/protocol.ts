@@ -8,6 +8,8 @@ export type ServerState = 'loading' | 'ready' | 'busy' | 'error';
 export interface StatusParams {
   state: ServerState;
   message?: string;
+  /** The model setting in effect ("embedded" or a checkpoint directory). */
+  model?: string;
 }
 
 /** Server → client notification: the canvas being denoised for a pending completion. */
@@ -16,7 +18,12 @@ export const CANVAS_NOTIFICATION = 'diffgemma/canvas';
 export interface CanvasParams {
   uri: string;
   position: { line: number; character: number };
+  /** The id of the textDocument/inlineCompletion request being answered. */
+  requestId?: number | string;
+  /** Which canvas of the request (from 0); `step` counts from 1 across all of them. */
+  block?: number;
   step: number;
+  maxSteps?: number;
   text: string;
   acceptedFraction: number;
 }

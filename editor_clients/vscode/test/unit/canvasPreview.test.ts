@@ -1,7 +1,8 @@
 import './installVscodeStub';
 import assert from 'node:assert/strict';
 import { beforeEach, test } from 'node:test';
-import { CanvasPreview, canvasPreviewText, PREVIEW_MAX_CHARACTERS } from '../../src/canvasPreview';
+import { CanvasPreview } from '../../src/canvasPreview';
+import { canvasPreviewText, PREVIEW_MAX_CHARACTERS } from '../../src/canvasText';
 import type { CanvasParams } from '../../src/protocol';
 import { Position, StubTextEditor, stubState } from './vscodeStub';
 

@@ -1,0 +1,122 @@
+-- :checkhealth diffgemma: Neovim's capabilities, the server command, the model and the running server.
+local compat = require('diffgemma.compat')
+local server = require('diffgemma.server')
+local status = require('diffgemma.status')
+
+local M = {}
+
+-- Long enough for `diffgemma-lsp --version`, which imports torch.
+local VERSION_TIMEOUT_MS = 20000
+
+--- `cmd` without --stdio, with --version: the server's version line, or nil and why not.
+local function server_version(cmd)
+  local version_cmd = vim.tbl_filter(function(arg)
+    return arg ~= '--stdio'
+  end, cmd)
+  table.insert(version_cmd, '--version')
+  local output = {}
+  local job = vim.fn.jobstart(version_cmd, {
+    stdout_buffered = true,
+    stderr_buffered = true,
+    on_stdout = function(_, data)
+      vim.list_extend(output, data)
+    end,
+    on_stderr = function(_, data)
+      vim.list_extend(output, data)
+    end,
+  })
+  if job <= 0 then
+    return nil, 'could not run ' .. table.concat(version_cmd, ' ')
+  end
+  local code = vim.fn.jobwait({ job }, VERSION_TIMEOUT_MS)[1]
+  local text = vim.trim(table.concat(output, '\n'))
+  if code == -1 then
+    vim.fn.jobstop(job)
+    return nil, ('%s did not answer within %d s'):format(table.concat(version_cmd, ' '), VERSION_TIMEOUT_MS / 1000)
+  end
+  if code ~= 0 then
+    return nil, ('%s exited with %d: %s'):format(table.concat(version_cmd, ' '), code, text)
+  end
+  return text
+end
+
+function M.check()
+  local health = compat.health()
+  local config = require('diffgemma').config()
+
+  health.start('diffgemma: Neovim')
+  local version = vim.version()
+  health.info(('Neovim %d.%d.%d'):format(version.major, version.minor, version.patch))
+  if not compat.has('0.7') then
+    health.error('Neovim 0.7 or newer is required')
+  end
+  if compat.native_inline_completion() then
+    health.ok('vim.lsp.inline_completion is available (Neovim 0.12+): suggestions can be drawn natively')
+  else
+    health.info('no vim.lsp.inline_completion (Neovim < 0.12): the plugin draws ghost text with extmarks')
+    health.info(compat.inline_virtual_text and 'inline virtual text is available (Neovim 0.10+)'
+      or 'no inline virtual text (Neovim < 0.10): the first line of a suggestion overlays the line')
+  end
+  health.info(compat.has('0.11') and 'server registered with vim.lsp.config and vim.lsp.enable'
+    or compat.has('0.8') and 'server started with vim.lsp.start from a FileType autocommand'
+    or 'server started with vim.lsp.start_client from a FileType autocommand')
+
+  health.start('diffgemma: setup')
+  if not config then
+    health.error("setup() was not called", { "Add require('diffgemma').setup() to your configuration" })
+    return
+  end
+  health.ok(('suggestions drawn by %s; completions %s'):format(
+    require('diffgemma').mode() == 'native' and 'vim.lsp.inline_completion' or 'the plugin (extmarks)',
+    require('diffgemma').is_enabled() and 'enabled' or 'disabled (:Diffgemma enable)'))
+  health.info('filetypes: ' .. table.concat(config.filetypes, ', '))
+
+  health.start('diffgemma: server')
+  local executable = config.cmd[1]
+  if vim.fn.executable(executable) == 1 then
+    health.ok(('%s found: %s'):format(executable, vim.fn.exepath(executable)))
+    local server_version_text, problem = server_version(config.cmd)
+    if server_version_text then
+      health.ok(server_version_text)
+    else
+      health.error(problem)
+    end
+  else
+    health.error(('%s is not executable or not on PATH'):format(executable), {
+      'pip install diffgemma-lsp (into the Python environment whose bin/ is on PATH)',
+      "or set cmd in setup(), e.g. cmd = { '/path/to/venv/bin/diffgemma-lsp', '--stdio' }",
+    })
+  end
+
+  health.start('diffgemma: model')
+  local model = config.settings.model or 'embedded'
+  if model == 'embedded' then
+    health.ok('the embedded model packaged with diffgemma-lsp')
+  elseif vim.fn.filereadable(model .. '/config.json') == 1 then
+    health.ok('checkpoint ' .. model)
+  else
+    health.error(('settings.model %q is not a checkpoint directory (no config.json)'):format(model))
+  end
+  local clients = server.clients()
+  if #clients == 0 then
+    health.info('the server is not running (it starts with the first buffer of a configured filetype)')
+    return
+  end
+  local current = status.current
+  local line = ('server %s%s'):format(current.state, current.message and (': ' .. current.message) or '')
+  if current.state == 'error' or current.state == 'stopped' then
+    health.error(line, { ':Diffgemma log shows what the server said', ':Diffgemma restart' })
+  elseif current.state == 'loading' then
+    health.info(line)
+  else
+    health.ok(line)
+  end
+  local capabilities = clients[1].server_capabilities or {}
+  if capabilities.inlineCompletionProvider then
+    health.ok('the server offers textDocument/inlineCompletion')
+  else
+    health.error('the server does not offer textDocument/inlineCompletion')
+  end
+end
+
+return M

@@ -1,0 +1,261 @@
+"""The Neovim plugin (editor_clients/neovim) in headless Neovim against the real diffgemma-lsp.
+
+Two Neovims: Debian's (0.7, the plugin's own extmark ghost text) and 0.12 from Debian sid, fetched into a
+private directory by editor_clients/neovim/scripts/fetch-nvim-0.12.sh (the built-in vim.lsp.inline_completion,
+and the plugin's ghost text with inline virtual text). Each test runs a scenario from
+editor_clients/neovim/tests/scenarios in a fresh Neovim that starts the server on a tiny checkpoint; the
+scenario writes what it saw (the server's answers, ghost text, buffer lines) as JSON and the test checks it.
+Suggestions are compared with the insertText the server actually returned, never with fixed text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpoints import build_checkpoint, sample_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "editor_clients" / "neovim"
+HARNESS = PLUGIN / "tests" / "harness.lua"
+SCENARIOS = PLUGIN / "tests" / "scenarios"
+FETCH_NVIM_012 = PLUGIN / "scripts" / "fetch-nvim-0.12.sh"
+SCENARIO_TIMEOUT_S = 150
+
+# A class with a method body to complete: the cursor goes to the end of HOLE_ROW (1-based), after a
+# character outside the BMP, so LSP positions (UTF-16) and Neovim columns (bytes) differ.
+SOURCE = 'class Shape:\n    def area(self):\n        return "🔷" + \n\n    def name(self):\n        return "shape"\n'
+HOLE_ROW = 3
+
+
+def _nvim_version(nvim: str) -> tuple[int, int]:
+    output = subprocess.run([nvim, "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.match(r"NVIM v(\d+)\.(\d+)", output)
+    if not match:
+        raise RuntimeError(f"{nvim} --version printed no version: {output!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@pytest.fixture(scope="module")
+def debian_nvim() -> str:
+    """Debian's Neovim (0.7 on bookworm), installed with apt-get when missing and possible."""
+    nvim = shutil.which("nvim")
+    if nvim is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("Neovim is not installed and cannot be installed here (needs apt-get as root): "
+                        "apt-get install -y neovim")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "neovim"], check=True, capture_output=True, timeout=600,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        nvim = shutil.which("nvim")
+        assert nvim, "apt-get install neovim put no nvim on PATH"
+    if _nvim_version(nvim) >= (0, 12):
+        pytest.skip(f"{nvim} is Neovim 0.12+; the fallback-path tests need an older one (Debian's 0.7)")
+    return nvim
+
+
+@pytest.fixture(scope="module")
+def nvim_012() -> str:
+    """Neovim 0.12+ from Debian sid, in editor_clients/neovim/.cache (downloaded once)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip("Neovim 0.12 comes from Debian sid packages: this machine has no apt-get/dpkg-deb")
+    fetched = subprocess.run(["bash", str(FETCH_NVIM_012)], capture_output=True, text=True, timeout=600)
+    if fetched.returncode != 0:
+        pytest.skip("could not fetch Neovim 0.12 from Debian sid (needs network access to deb.debian.org): "
+                    + fetched.stderr.strip()[-500:])
+    nvim = fetched.stdout.strip().splitlines()[-1]
+    assert _nvim_version(nvim) >= (0, 12)
+    return nvim
+
+
+@pytest.fixture(scope="module")
+def item_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint whose every canvas token is " item": suggestions of several words, known to be non-empty."""
+    token_ids = sample_tokenizer().encode(" item").ids
+    assert len(token_ids) == 1, f'" item" is not one token of the test tokenizer: {token_ids}'
+    return build_checkpoint(tmp_path_factory.mktemp("item-checkpoint"), kind="constant", output_token=token_ids[0])
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights: with a fixed seed, several different candidates per request."""
+    return build_checkpoint(tmp_path_factory.mktemp("random-checkpoint"), kind="random", canvas_length=32)
+
+
+def run_scenario(nvim: str, scenario: str, tmp_path: Path, checkpoint: Path | None = None, **config) -> dict:
+    """Runs scenarios/<scenario>.lua in a fresh headless Neovim and returns what it recorded."""
+    source = tmp_path / "shapes.py"
+    source.write_text(SOURCE, encoding="utf-8")
+    result_path = tmp_path / "result.json"
+    settings = {"device": "cpu", **config.pop("settings", {})}
+    if checkpoint is not None:
+        settings["model"] = str(checkpoint)
+    test_config = {
+        "cmd": [sys.executable, "-m", "lsp_server", "--stdio"],
+        "settings": settings,
+        "file": str(source),
+        "row": HOLE_ROW,
+        **config,
+    }
+    env = {
+        **os.environ,
+        "DIFFGEMMA_TEST_HARNESS": str(HARNESS),
+        "DIFFGEMMA_TEST_RESULT": str(result_path),
+        "DIFFGEMMA_TEST_CONFIG": json.dumps(test_config),
+        **{f"XDG_{kind}_HOME": str(tmp_path / "xdg" / kind.lower()) for kind in ("CONFIG", "DATA", "STATE", "CACHE")},
+    }
+    command = [nvim, "--headless", "-n", "--clean", "--cmd", f"set rtp^={PLUGIN}",
+               "--cmd", "runtime plugin/diffgemma.lua", "-S", str(SCENARIOS / f"{scenario}.lua")]
+    try:
+        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                   timeout=SCENARIO_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"{scenario}: Neovim did not finish within {SCENARIO_TIMEOUT_S} s; output: {error.output!r}")
+    if not result_path.exists():
+        pytest.fail(f"{scenario}: Neovim exited ({completed.returncode}) without a result:\n"
+                    f"{completed.stdout}\n{completed.stderr}")
+    outcome = json.loads(result_path.read_text(encoding="utf-8"))
+    if outcome["error"] is not None:
+        pytest.fail(f"{scenario} failed in Neovim: {outcome['error']}\nrecorded: {outcome['result']}")
+    return outcome["result"]
+
+
+def _lsp_replace(lines: list[str], item: dict) -> list[str]:
+    """`lines` with the item's range replaced by its insertText (ranges here lie on one line, in UTF-16)."""
+    start, end = item["range"]["start"], item["range"]["end"]
+    assert start["line"] == end["line"]
+    line = lines[start["line"]].encode("utf-16-le")
+    before = line[: 2 * start["character"]].decode("utf-16-le")
+    after = line[2 * end["character"]:].decode("utf-16-le")
+    replaced = (before + item["insertText"] + after).split("\n")
+    return lines[: start["line"]] + replaced + lines[start["line"] + 1:]
+
+
+def _next_word(text: str) -> str:
+    """The plugin's word rule (lua/diffgemma/text.lua), for the texts these tests produce."""
+    return re.match(r"\n[ \t]*|[ \t]*\w+|[ \t]*[^\w\s]+|[ \t]+|", text).group() or text
+
+
+def _check_accept(result: dict, mode: str, position: str) -> None:
+    assert result["mode"] == mode
+    item = result["item"]
+    before, after = result["before"], result["after"]
+    typed = before[HOLE_ROW - 1]
+    # The server replaces the line up to the cursor; insertText starts with what is already there.
+    assert item["range"]["start"] == {"line": HOLE_ROW - 1, "character": 0}
+    assert item["insertText"].startswith(typed)
+    rest = item["insertText"][len(typed):]
+    assert rest.strip(), f"the server suggested nothing: {item!r}"
+    ghost = result["ghost"]
+    assert ghost["lines"] == rest.split("\n")
+    assert (ghost["row"], ghost["col"]) == (HOLE_ROW - 1, len(typed.encode()))
+    assert ghost["position"] == position
+    assert after == _lsp_replace(before, item)
+    last_line = item["insertText"].split("\n")[-1]
+    assert result["cursor_after"] == [HOLE_ROW + item["insertText"].count("\n"), len(last_line.encode())]
+
+
+def _check_health(report: list[str], mode_line: str) -> None:
+    text = "\n".join(report)
+    assert "diffgemma: Neovim" in text and "diffgemma: server" in text
+    assert mode_line in text
+    assert re.search(r"diffgemma-lsp \S+", text), text
+    assert "server ready" in text, text
+    assert "the server offers textDocument/inlineCompletion" in text
+    assert "ERROR" not in text, text
+
+
+def test_offline_text_rules_and_option_errors(debian_nvim: str, tmp_path: Path) -> None:
+    result = run_scenario(debian_nvim, "offline", tmp_path)
+    assert result["next_word"] == [
+        [" item item", " item"], ["foo(bar)", "foo"], ["  \tx", "  \tx"], [")\n    return 1", ")"],
+        ["\n    return 1\nend", "\n    "], ["", ""], ["é, x", "é,"],
+    ]
+    assert result["next_line"] == [
+        [" item item", " item item"], ["foo(bar)", "foo(bar)"], ["  \tx", "  \tx"], [")\n    return 1", ")"],
+        ["\n    return 1\nend", "\n    return 1"], ["", ""], ["é, x", "é, x"],
+    ]
+    assert result["lines"][3] == [")\n    return 1", [")", "    return 1"]]
+    assert result["lines"][5] == ["", [""]]
+    assert result["remaining"] == ["urn x", None, ""]
+    errors = result["errors"]
+    assert 'unknown option "settigns"' in errors[0]
+    assert 'unknown server setting "modle"' in errors[1] and "maxPromptTokens" in errors[1]
+    assert "cmd must be a table" in errors[2]
+    assert "cmd must name the server executable" in errors[3]
+    assert 'unknown keymap "accept_all"' in errors[4]
+    assert "keymaps.accept must be a key (string) or false" in errors[5]
+    assert "call require('diffgemma').setup() first" in result["accept_before_setup"]
+
+
+def test_fallback_ghost_text_appears_and_tab_accepts_it(debian_nvim, item_checkpoint, tmp_path) -> None:
+    result = run_scenario(debian_nvim, "accept", tmp_path, item_checkpoint)
+    _check_accept(result, "ghost", "overlay")
+    _check_health(result["health"], "the plugin draws ghost text with extmarks")
+
+
+def test_fallback_partial_accept_dismiss_and_clearing(debian_nvim, item_checkpoint, tmp_path) -> None:
+    result = run_scenario(debian_nvim, "partial", tmp_path, item_checkpoint)
+    _check_partial(result, "ghost")
+    assert result["cleared_by_cursor_move"] is True
+    assert result["cleared_by_mode_change"] is True
+
+
+def test_fallback_cycles_through_candidates(debian_nvim, random_checkpoint, tmp_path) -> None:
+    result = run_scenario(debian_nvim, "cycle", tmp_path, random_checkpoint, settings={"candidates": 3, "seed": 1})
+    items = result["items"]
+    assert len(items) >= 2, f"the test needs several different candidates; got {items!r}"
+    line = result["line"]
+    # Random weights give any bytes, control characters included.
+    rests = [_displayed(item["insertText"][len(line):]) for item in items]
+    assert result["first"]["lines"] == rests[0].split("\n")
+    assert result["first"]["hint"] == f" (1/{len(items)})"
+    assert result["second"]["lines"] == rests[1].split("\n")
+    assert result["second"]["hint"] == f" (2/{len(items)})"
+    assert result["back"] == result["first"]
+    assert result["accepted"] == items[1]["insertText"].split("\n")[0]
+
+
+def _displayed(text: str) -> str:
+    """How Neovim stores virtual text: control characters as ^X."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: "^" + chr(ord(m.group()) ^ 0x40), text)
+
+
+def _check_partial(result: dict, mode: str) -> None:
+    assert result["mode"] == mode
+    line = result["line"]
+    rest = result["ghost"]["lines"][0]
+    word = _next_word(rest)
+    assert word != rest, f"the suggestion needs several words for this test: {rest!r}"
+    assert result["line_after_word"] == line + word
+    assert result["ghost_after_word"]["lines"][0] == rest[len(word):]
+    assert result["line_after_line"] == result["line_after_word"] + result["ghost_after_word"]["lines"][0]
+    assert result["stats"]["acceptances"] >= 1
+    assert result["line_after_dismiss"] == result["line_after_line"]
+    # Without a suggestion <Tab> is Neovim's own (the python ftplugin's softtabstop: spaces).
+    added = result["line_after_tab"][len(result["line_after_dismiss"]):]
+    assert result["line_after_tab"].startswith(result["line_after_dismiss"])
+    assert added and added.isspace(), repr(added)
+
+
+def test_native_ghost_text_appears_and_tab_accepts_it(nvim_012, item_checkpoint, tmp_path) -> None:
+    result = run_scenario(nvim_012, "accept", tmp_path, item_checkpoint)
+    # vim.lsp.inline_completion overlays items whose range is not empty.
+    _check_accept(result, "native", "overlay")
+    _check_health(result["health"], "vim.lsp.inline_completion is available")
+
+
+def test_native_partial_accept_and_dismiss(nvim_012, item_checkpoint, tmp_path) -> None:
+    _check_partial(run_scenario(nvim_012, "partial", tmp_path, item_checkpoint), "native")
+
+
+def test_plugin_ghost_text_on_012_uses_inline_virtual_text(nvim_012, item_checkpoint, tmp_path) -> None:
+    result = run_scenario(nvim_012, "accept", tmp_path, item_checkpoint, native=False)
+    _check_accept(result, "ghost", "inline")
