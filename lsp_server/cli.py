@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from engine import EMBEDDED_MODEL
 from engine.engine import DTYPES
+from lsp_server.server import SERVER, VERSION
+from lsp_server.settings import apply_changes
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -20,8 +21,6 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lsp_server.server import VERSION
-
     parser = argparse.ArgumentParser(
         prog="diffgemma-lsp",
         description="Language server giving inline code completions (LSP 3.18 textDocument/inlineCompletion, "
@@ -50,10 +49,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         filename=args.log_file, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Imported after the arguments are parsed, so --help and --version answer without loading torch.
-    from lsp_server.server import SERVER
-    from lsp_server.settings import apply_changes
-
     settings, problems = apply_changes(SERVER.base_settings, {"model": args.model, "device": args.device,
                                                               "dtype": args.dtype})
     if problems:
@@ -63,11 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         SERVER.start_tcp(*args.tcp)
     else:
         SERVER.start_io()
-    # LSP: exit code 0 after shutdown + exit, 1 when the connection ended any other way. Exit right away:
-    # tearing down torch's module graph takes about a second of garbage collection and saves nothing.
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(0 if SERVER.shutdown_requested else 1)
+    SERVER.exit_process()  # the connection ended without an exit notification
 
 
 if __name__ == "__main__":

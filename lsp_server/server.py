@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import re
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -28,12 +30,18 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
 from importlib import metadata
-from typing import Any
+from typing import Any, NoReturn
 
 import cattrs
 from lsprotocol import types
 from pygls.capabilities import get_capability
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import (
+    FeatureNotificationError,
+    FeatureRequestError,
+    JsonRpcException,
+    JsonRpcInvalidParams,
+    JsonRpcServerNotInitialized,
+)
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -158,7 +166,8 @@ class DiffgemmaServer(LanguageServer):
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         # Logged, never shown: a client that sends one bad message per keystroke must not get a dialog for each.
-        self.log(types.MessageType.Error, f"{getattr(source, '__name__', source)}: {error}")
+        what = {FeatureRequestError: "request failed", FeatureNotificationError: "notification failed"}
+        self.log(types.MessageType.Error, f"{what.get(source, 'unreadable message')}: {error}")
 
     def set_status(self, status: Status, message: str) -> None:
         self.status = status
@@ -175,6 +184,15 @@ class DiffgemmaServer(LanguageServer):
         self.results.resize(self.settings.cache_size)
         for problem in problems:
             self.log(types.MessageType.Warning, f"initializationOptions: {problem} (ignored)")
+
+    def exit_process(self) -> NoReturn:
+        """End the process: code 0 after a shutdown request, 1 otherwise (LSP). Called on ``exit`` and when the
+        connection ends. Immediately: tearing down torch's module graph takes about a second of garbage
+        collection, and the model worker may be inside a forward pass."""
+        logger.info("exiting (%s)", "after shutdown" if self.shutdown_requested else "without a shutdown request")
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0 if self.shutdown_requested else 1)
 
     def prepare_shutdown(self) -> None:
         """The client's shutdown request: stop the model work (pygls' own shutdown() stops the transport)."""
@@ -335,6 +353,8 @@ class DiffgemmaServer(LanguageServer):
     async def _answer(
         self, uri: str, position: types.Position, invoked: bool, work_done_token: types.ProgressToken | None
     ) -> Answer | None:
+        if self.scheduler is None:
+            raise JsonRpcServerNotInitialized("the server has not been initialized")
         started = time.perf_counter()
         self.stats.requests += 1
         answer = await self._suggest(uri, position, invoked, work_done_token)
@@ -510,6 +530,11 @@ async def _initialized(server: DiffgemmaServer, params: types.InitializedParams)
 @SERVER.feature(types.SHUTDOWN)
 def _shutdown(server: DiffgemmaServer, params: None) -> None:
     server.prepare_shutdown()
+
+
+@SERVER.feature(types.EXIT)
+def _exit(server: DiffgemmaServer, params: None) -> None:
+    server.exit_process()  # before pygls' own exit, which raises SystemExit inside the event loop
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_DID_OPEN)

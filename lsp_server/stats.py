@@ -35,6 +35,7 @@ class Stats:
     errors: int = 0  # engine failures answered with an empty result
     acceptances: int = 0  # suggestions the client reported accepted
     last_run: LastRun | None = None
+    # From request to answer, of the requests answered with a suggestion (empty answers take no time to speak of).
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def to_wire(self, status: str) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """Tiny DiffusionGemma checkpoints built with the engine itself (no transformers), for tests and benchmarks.
 
-    python tests/checkpoints.py OUT_DIR [--kind random|constant] [--canvas-length 16] [--steps 8]
+    python tests/checkpoints.py OUT_DIR [--kind random|constant] [--canvas-length 16] [--steps 8] [--like-embedded]
 
 A checkpoint is a directory the engine loads: config.json, generation_config.json, model.safetensors and a
 byte-level BPE tokenizer.json with the project's special tokens (<pad>=0 <eos>=1 <bos>=2 <fim_prefix>=3
 <fim_suffix>=4 <fim_middle>=5 <file_sep>=6), trained here on the sample sources of tests/fixtures.
+
+``--like-embedded`` gives the architecture, vocabulary size and sampler settings the embedded model is trained
+with (engine.training.train), for latency measurements before it exists; its weights are still the kind's.
 
 Kinds:
 * ``random``: weights drawn from N(0, 0.02), norms one. Its output is noise; tests assert shapes, never text.
@@ -31,7 +34,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from engine import GenerationConfig, ModelConfig, save_checkpoint  # noqa: E402
 from engine.config import FULL, SLIDING  # noqa: E402
 from engine.model import DiffusionGemma, RMSNorm  # noqa: E402
-from engine.training.tokenizer import EOS_ID, PAD_ID, train_tokenizer  # noqa: E402
+from engine.training.tokenizer import DEFAULT_VOCAB_SIZE, EOS_ID, PAD_ID, train_tokenizer  # noqa: E402
+from engine.training.train import TrainSettings, default_generation_config, model_config  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOKENIZER_VOCAB = 512
@@ -97,25 +101,29 @@ def build_checkpoint(
     num_layers: int = 2,
     hidden_size: int = 64,
     model_vocab_size: int | None = None,
+    like_embedded: bool = False,
     seed: int = 0,
 ) -> Path:
     """Write a tiny checkpoint to ``directory`` and return it.
 
     ``output_token`` (constant kind) defaults to the token of "x". ``model_vocab_size`` smaller than the
     tokenizer's makes a mis-packaged checkpoint whose prompts the engine rejects (a real engine error).
+    ``like_embedded`` replaces the size arguments by the embedded model's (see the module docstring).
     """
     tokenizer = sample_tokenizer()
-    vocab_size = model_vocab_size or tokenizer.get_vocab_size()
-    config = tiny_config(vocab_size, canvas_length, num_layers, hidden_size)
+    if like_embedded:
+        config = model_config(TrainSettings(), model_vocab_size or DEFAULT_VOCAB_SIZE)
+        generation = default_generation_config(config.canvas_length)
+    else:
+        config = tiny_config(model_vocab_size or tokenizer.get_vocab_size(), canvas_length, num_layers, hidden_size)
+        generation = GenerationConfig(max_new_tokens=canvas_length, max_denoising_steps=denoising_steps,
+                                      eos_token_id=(EOS_ID,), pad_token_id=PAD_ID)
     model = DiffusionGemma(config)
     _initialise(model, seed)
     if kind == "constant":
         _make_constant(model, tokenizer.token_to_id("x") if output_token is None else output_token)
     elif kind != "random":
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose random or constant")
-    generation = GenerationConfig(
-        max_new_tokens=canvas_length, max_denoising_steps=denoising_steps, eos_token_id=(EOS_ID,), pad_token_id=PAD_ID,
-    )
     save_checkpoint(model, Path(directory), generation)
     tokenizer.save(str(Path(directory) / "tokenizer.json"))
     return Path(directory)
@@ -137,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per canvas")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--like-embedded", action="store_true",
+                        help="the embedded model's architecture and sampler settings (ignores the size options)")
     args = parser.parse_args(argv)
     build_checkpoint(args.out_dir, kind=args.kind, canvas_length=args.canvas_length, denoising_steps=args.steps,
-                     num_layers=args.layers, hidden_size=args.hidden_size)
+                     num_layers=args.layers, hidden_size=args.hidden_size, like_embedded=args.like_embedded)
     print(args.out_dir)
     return 0
 

@@ -73,12 +73,18 @@ def open_document(client: LanguageClient, uri: str, text: str, language_id: str 
         text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=version, text=text)))
 
 
-def insert(client: LanguageClient, uri: str, line: int, character: int, text: str, version: int) -> None:
-    """An incremental change inserting ``text`` at (line, character)."""
-    at = types.Position(line=line, character=character)
+def edit(client: LanguageClient, uri: str, line: int, start: int, end: int, text: str, version: int) -> None:
+    """An incremental change replacing characters ``start..end`` of ``line`` by ``text``."""
     client.text_document_did_change(types.DidChangeTextDocumentParams(
         text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-        content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=text)]))
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=line, character=start),
+                              end=types.Position(line=line, character=end)), text=text)]))
+
+
+def insert(client: LanguageClient, uri: str, line: int, character: int, text: str, version: int) -> None:
+    """An incremental change inserting ``text`` at (line, character)."""
+    edit(client, uri, line, character, character, text, version)
 
 
 def inline_params(uri: str, line: int, character: int, invoked: bool = False,
