@@ -4,7 +4,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export OMP_NUM_THREADS ?= 2
+# One intra-op thread: the server tests run client and server processes side by side, and OpenMP threads
+# spinning on an oversubscribed 2-core machine slow small matmuls by an order of magnitude.
+export OMP_NUM_THREADS ?= 1
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
