@@ -193,12 +193,15 @@ def test_offline_text_rules_and_option_errors(debian_nvim: str, tmp_path: Path) 
     assert 'unknown keymap "accept_all"' in errors[4]
     assert "keymaps.accept must be a key (string) or false" in errors[5]
     assert "call require('diffgemma').setup() first" in result["accept_before_setup"]
+    assert {":Diffgemma", "diffgemma-setup", "diffgemma-settings", "diffgemma-keymaps", "diffgemma-health"} <= set(
+        result["help_tags"])
 
 
 def test_fallback_ghost_text_appears_and_tab_accepts_it(debian_nvim, item_checkpoint, tmp_path) -> None:
     result = run_scenario(debian_nvim, "accept", tmp_path, item_checkpoint)
     _check_accept(result, "ghost", "overlay")
     _check_health(result["health"], "the plugin draws ghost text with extmarks")
+    assert result["restarted_attached"] is True
 
 
 def test_fallback_partial_accept_dismiss_and_clearing(debian_nvim, item_checkpoint, tmp_path) -> None:
@@ -208,19 +211,26 @@ def test_fallback_partial_accept_dismiss_and_clearing(debian_nvim, item_checkpoi
     assert result["cleared_by_mode_change"] is True
 
 
-def test_fallback_cycles_through_candidates(debian_nvim, random_checkpoint, tmp_path) -> None:
-    result = run_scenario(debian_nvim, "cycle", tmp_path, random_checkpoint, settings={"candidates": 3, "seed": 1})
+def _check_cycle(result: dict, mode: str) -> None:
+    assert result["mode"] == mode
     items = result["items"]
     assert len(items) >= 2, f"the test needs several different candidates; got {items!r}"
     line = result["line"]
     # Random weights give any bytes, control characters included.
     rests = [_displayed(item["insertText"][len(line):]) for item in items]
     assert result["first"]["lines"] == rests[0].split("\n")
-    assert result["first"]["hint"] == f" (1/{len(items)})"
+    # vim.lsp.inline_completion shows the counter only once the user cycles.
+    assert result["first"]["hint"] == ("" if mode == "native" else f" (1/{len(items)})")
     assert result["second"]["lines"] == rests[1].split("\n")
     assert result["second"]["hint"] == f" (2/{len(items)})"
-    assert result["back"] == result["first"]
+    assert result["back"]["lines"] == result["first"]["lines"]
+    assert result["back"]["hint"] == f" (1/{len(items)})"
     assert result["accepted"] == items[1]["insertText"].split("\n")[0]
+
+
+def test_fallback_cycles_through_candidates(debian_nvim, random_checkpoint, tmp_path) -> None:
+    result = run_scenario(debian_nvim, "cycle", tmp_path, random_checkpoint, settings={"candidates": 3, "seed": 1})
+    _check_cycle(result, "ghost")
 
 
 def _displayed(text: str) -> str:
@@ -235,6 +245,8 @@ def _check_partial(result: dict, mode: str) -> None:
     word = _next_word(rest)
     assert word != rest, f"the suggestion needs several words for this test: {rest!r}"
     assert result["line_after_word"] == line + word
+    if mode == "ghost":  # the rest stays on screen (vim.lsp.inline_completion asks the server again)
+        assert result["ghost_right_after_word"]["lines"][0] == rest[len(word):]
     assert result["ghost_after_word"]["lines"][0] == rest[len(word):]
     assert result["line_after_line"] == result["line_after_word"] + result["ghost_after_word"]["lines"][0]
     assert result["stats"]["acceptances"] >= 1
@@ -243,6 +255,8 @@ def _check_partial(result: dict, mode: str) -> None:
     added = result["line_after_tab"][len(result["line_after_dismiss"]):]
     assert result["line_after_tab"].startswith(result["line_after_dismiss"])
     assert added and added.isspace(), repr(added)
+    assert result["ghost_while_disabled"] is None
+    assert result["ghost_after_enable"]["lines"][0].strip()
 
 
 def test_native_ghost_text_appears_and_tab_accepts_it(nvim_012, item_checkpoint, tmp_path) -> None:
@@ -250,6 +264,7 @@ def test_native_ghost_text_appears_and_tab_accepts_it(nvim_012, item_checkpoint,
     # vim.lsp.inline_completion overlays items whose range is not empty.
     _check_accept(result, "native", "overlay")
     _check_health(result["health"], "vim.lsp.inline_completion is available")
+    assert result["restarted_attached"] is True
 
 
 def test_native_partial_accept_and_dismiss(nvim_012, item_checkpoint, tmp_path) -> None:
@@ -257,5 +272,10 @@ def test_native_partial_accept_and_dismiss(nvim_012, item_checkpoint, tmp_path) 
 
 
 def test_plugin_ghost_text_on_012_uses_inline_virtual_text(nvim_012, item_checkpoint, tmp_path) -> None:
-    result = run_scenario(nvim_012, "accept", tmp_path, item_checkpoint, native=False)
+    result = run_scenario(nvim_012, "accept", tmp_path, item_checkpoint, native=False, accept_only=True)
     _check_accept(result, "ghost", "inline")
+
+
+def test_native_cycles_through_candidates(nvim_012, random_checkpoint, tmp_path) -> None:
+    result = run_scenario(nvim_012, "cycle", tmp_path, random_checkpoint, settings={"candidates": 3, "seed": 1})
+    _check_cycle(result, "native")

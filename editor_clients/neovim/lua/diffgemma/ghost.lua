@@ -280,8 +280,8 @@ function M.accept(bufnr, kind)
     return
   end
   local piece = (kind == 'word' and text.next_word(rest)) or (kind == 'line' and text.next_line(rest)) or rest
+  -- state.tick stays behind: the CursorMovedI this insertion causes is then taken for typing, not navigation.
   buffer.insert_at_cursor(bufnr, piece)
-  state.tick = vim.api.nvim_buf_get_changedtick(bufnr)
   if piece ~= rest then
     render(bufnr, state)
     return

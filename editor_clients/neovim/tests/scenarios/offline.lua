@@ -29,4 +29,15 @@ H.run(function()
   end
   local ok, err = pcall(require('diffgemma').accept)
   H.result.accept_before_setup = ok and 'no error' or tostring(err)
+
+  -- The help file: its tags are generated without errors (a duplicate tag is one), in a scratch copy.
+  local doc = vim.fn.tempname()
+  vim.fn.mkdir(doc, 'p')
+  local help = vim.api.nvim_get_runtime_file('doc/diffgemma.txt', false)[1]
+  vim.fn.writefile(vim.fn.readfile(help), doc .. '/diffgemma.txt')
+  vim.cmd('helptags ' .. vim.fn.fnameescape(doc))
+  H.result.help_tags = {}
+  for _, line in ipairs(vim.fn.readfile(doc .. '/tags')) do
+    table.insert(H.result.help_tags, vim.split(line, '\t')[1])
+  end
 end)

@@ -12,6 +12,7 @@ H.run(function()
   H.result.line = H.line(bufnr, row)
   H.feed('<M-Right>')
   H.result.line_after_word = H.wait_for_line_change(bufnr, row, H.result.line, 'a word to be accepted')
+  H.result.ghost_right_after_word = H.ghost(bufnr) or vim.NIL
   H.result.ghost_after_word = H.wait_for_ghost(bufnr, nil, 'the rest of the suggestion')
   H.feed('<M-Down>')
   H.result.line_after_line = H.wait_for_line_change(bufnr, row, H.result.line_after_word, 'a line to be accepted')
@@ -36,4 +37,18 @@ H.run(function()
     H.result.cleared_by_mode_change = vim.api.nvim_get_mode().mode == 'n'
   end
   H.result.stats = H.stats(client, bufnr)
+
+  -- :Diffgemma disable: typing brings no suggestion; :Diffgemma enable: it comes back.
+  H.feed('<Esc>')
+  H.wait(function()
+    return vim.api.nvim_get_mode().mode == 'n'
+  end, 5000, 'normal mode')
+  vim.cmd('Diffgemma disable')
+  H.insert_at_end_of_line(row)
+  H.feed('<BS>')
+  H.sleep(1000)
+  H.result.ghost_while_disabled = H.ghost(bufnr) or vim.NIL
+  vim.cmd('Diffgemma enable')
+  H.feed('<BS>')
+  H.result.ghost_after_enable = H.wait_for_ghost(bufnr, nil, 'a suggestion once enabled again')
 end)
