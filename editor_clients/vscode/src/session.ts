@@ -64,10 +64,6 @@ export class DiffgemmaSession implements vscode.Disposable {
     },
   };
 
-  get running(): boolean {
-    return this.client !== undefined;
-  }
-
   async start(): Promise<void> {
     const config = configuration();
     const command = serverCommand(config);

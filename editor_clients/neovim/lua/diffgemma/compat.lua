@@ -21,24 +21,12 @@ function M.request(client, method, params, handler, bufnr)
   return call(client, 'request', method, params, handler, bufnr)
 end
 
-function M.request_sync(client, method, params, timeout_ms, bufnr)
-  return call(client, 'request_sync', method, params, timeout_ms, bufnr)
-end
-
-function M.notify(client, method, params)
-  return call(client, 'notify', method, params)
-end
-
 function M.cancel_request(client, id)
   return call(client, 'cancel_request', id)
 end
 
 function M.stop(client)
   return call(client, 'stop')
-end
-
-function M.is_stopped(client)
-  return call(client, 'is_stopped')
 end
 
 --- Running clients named `name`.

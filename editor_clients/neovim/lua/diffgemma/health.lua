@@ -90,13 +90,16 @@ function M.check()
 
   health.start('diffgemma: model')
   local model = config.settings.model or 'embedded'
+  local model_path = vim.fn.expand(model)
   if model == 'embedded' then
     health.ok('the embedded model packaged with diffgemma-lsp')
-  elseif vim.fn.filereadable(model .. '/config.json') == 1 then
-    health.ok('checkpoint ' .. model)
+  elseif vim.fn.filereadable(model_path .. '/config.json') == 1 then
+    health.ok('checkpoint ' .. model_path)
   else
     health.error(('settings.model %q is not a checkpoint directory (no config.json)'):format(model))
   end
+
+  health.start('diffgemma: running server')
   local clients = server.clients()
   if #clients == 0 then
     health.info('the server is not running (it starts with the first buffer of a configured filetype)')

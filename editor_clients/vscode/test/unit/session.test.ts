@@ -36,7 +36,6 @@ test('starts the configured server with the settings as initializationOptions an
   assert.equal(client.started, 1);
   assert.deepEqual(client.command, { command: '/venv/bin/python', args: ['-m', 'lsp_server'] });
   assert.equal(client.settings.model, '/models/tiny');
-  assert.equal(session.running, true);
   assert.equal(item.text, '$(loading~spin) DiffGemma', 'starting until the server reports');
 
   client.deliver(STATUS_NOTIFICATION, { state: 'loading' });
@@ -53,8 +52,9 @@ test('a server that cannot start is reported with the command line, the log and 
   await session.start();
   await new Promise((resolve) => setImmediate(resolve));
 
-  assert.equal(session.running, false);
   assert.equal(clients[0].hasHandler(STATUS_NOTIFICATION), false, 'handlers of the failed client are dropped');
+  await session.stop();
+  assert.equal(clients[0].stopped, 0, 'a client that never started is not stopped');
   assert.equal(item.text, '$(debug-disconnect) DiffGemma');
   assert.match(item.tooltip ?? '', /could not start "diffgemma-lsp --stdio": spawn diffgemma-lsp ENOENT/);
   assert.match(log.lines.join('\n'), /\[error\] could not start/);
@@ -158,7 +158,7 @@ test('a server that exits on its own is shown as stopped; stopping on purpose sa
   await session.restart();
   assert.equal(clients.length, 2);
   await session.stop();
-  assert.equal(clients[1].stopped, 1);
-  assert.equal(session.running, false);
+  await session.stop();
+  assert.equal(clients[1].stopped, 1, 'stopping twice stops the server once');
   assert.match(item.tooltip ?? '', /server not running — stopped/);
 });
