@@ -142,7 +142,8 @@ def infill(
     generation_overrides.setdefault("eos_token_id", tuple(sorted(eos_ids)))
     if engine.generation_config.pad_token_id is None:
         generation_overrides.setdefault("pad_token_id", engine.config.pad_token_id)
-    stop_ids = frozenset(generation_overrides["eos_token_id"])
+    # Resolved as generate() will resolve them (an id, a list or None), so decoding stops where generation does.
+    stop_ids = frozenset(engine.generation_settings(max_new_tokens, **generation_overrides).eos_token_id or ())
 
     def decode(ids: list[int]) -> tuple[str, bool]:
         end = next((i for i, token in enumerate(ids) if token in stop_ids), None)

@@ -113,7 +113,8 @@ class InfillPipeline:
         context = self.context(document, position, settings, other_documents, invoked)
         context_done = time.perf_counter()
         if context.mode is CompletionMode.NONE:
-            return Completion(context, None, [], {"context": _ms(started, context_done), "total": _ms(started, context_done)})
+            elapsed = _ms(started, context_done)
+            return Completion(context, None, [], {"context": elapsed, "total": elapsed})
         result = self.generate(context, settings, on_canvas=on_canvas)
         generated = time.perf_counter()
         ranked = self.rank(result, document, position, context.mode)

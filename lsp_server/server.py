@@ -138,6 +138,10 @@ class Answer:
     offset: int  # byte offset of the cursor
     suggestions: list[str]
 
+    @property
+    def line_before_cursor(self) -> str:
+        return self.document.text_between(self.document.line_start(self.position.line), self.offset)
+
 
 class DiffgemmaServer(LanguageServer):
     def __init__(self) -> None:
@@ -154,6 +158,8 @@ class DiffgemmaServer(LanguageServer):
         self.scheduler: Scheduler | None = None
         self.shutdown_requested = False
         self._completion_ids = (f"dg-{n}" for n in itertools.count(1))
+        self._request_numbers = itertools.count(1)
+        self._newest_request: dict[str, int] = {}  # per document: the number of the newest completion request
         self._issued: OrderedDict[str, None] = OrderedDict()
         self._disabled_logged: set[str] = set()
 
@@ -207,17 +213,19 @@ class DiffgemmaServer(LanguageServer):
         self.set_status(Status.LOADING, f"loading {settings.model}")
         token = await self._create_progress()
         if token is not None:
-            self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="diffgemma", message=f"loading {settings.model}"))
+            self.work_done_progress.begin(
+                token, types.WorkDoneProgressBegin(title="diffgemma", message=f"loading {settings.model}"))
         job = self.scheduler.submit(MODEL_JOB, lambda job: InfillPipeline(load_engine(settings)))
         try:
             pipeline = await job.future
         except JobCancelled:  # a newer load replaced this one; it reports for itself
             return
         except Exception as error:  # noqa: BLE001 - any load failure is reported to the user, the server serves on
-            self.set_status(Status.ERROR, f"could not load the model {settings.model!r}: {error}")
-            self.log(types.MessageType.Error, f"could not load the model {settings.model!r}: {error}")
-            self.window_show_message(types.ShowMessageParams(
-                type=types.MessageType.Error, message=f"diffgemma: could not load the model {settings.model!r}: {error}"))
+            reason = f"could not load the model {settings.model!r}: {error}"
+            self.set_status(Status.ERROR, reason)
+            self.log(types.MessageType.Error, reason)
+            self.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Error, message=f"diffgemma: {reason}"))
             return
         finally:
             if token is not None:
@@ -286,6 +294,7 @@ class DiffgemmaServer(LanguageServer):
     def close_document(self, uri: str) -> None:
         self.scheduler.supersede(uri)
         self.typed_ahead.forget(uri)
+        self._newest_request.pop(uri, None)
         if uri in self.documents:
             self.documents.close(uri)
 
@@ -299,7 +308,7 @@ class DiffgemmaServer(LanguageServer):
         # The range runs from the start of the cursor's line: VS Code shows an item only while the replaced text
         # is a prefix of insertText, and keeps showing it as the user types on; Neovim skips the common prefix.
         line_start = types.Position(line=answer.position.line, character=0)
-        before = answer.document.text_between(answer.document.line_start(answer.position.line), answer.offset)
+        before = answer.line_before_cursor
         return types.InlineCompletionList(items=[
             types.InlineCompletionItem(
                 insert_text=before + suggestion,
@@ -315,12 +324,10 @@ class DiffgemmaServer(LanguageServer):
         answer = await self._answer(params.text_document.uri, params.position, invoked, params.work_done_token)
         if answer is None:
             return types.CompletionList(is_incomplete=True, items=[])
-        document = answer.document
-        before = document.text_between(document.line_start(answer.position.line), answer.offset)
-        word = _WORD_BEFORE_CURSOR.search(before).group()
-        word_start = document.position_at(answer.offset - len(encode_text(word)))
+        word = _WORD_BEFORE_CURSOR.search(answer.line_before_cursor).group()
+        word_start = answer.document.position_at(answer.offset - len(encode_text(word)))
         text = word + answer.suggestions[0]
-        label = text.split("\n", 1)[0].strip() or text.strip()
+        label = next(line.strip() for line in text.split("\n") if line.strip())  # a suggestion is never blank
         return types.CompletionList(
             # Incomplete: the suggestion depends on every character typed, so the client must ask again.
             is_incomplete=True,
@@ -357,7 +364,15 @@ class DiffgemmaServer(LanguageServer):
             raise JsonRpcServerNotInitialized("the server has not been initialized")
         started = time.perf_counter()
         self.stats.requests += 1
-        answer = await self._suggest(uri, position, invoked, work_done_token)
+        try:
+            answer = await self._suggest(uri, position, invoked, work_done_token)
+        except JsonRpcException:  # an error response the client should see (e.g. a position outside the text)
+            raise
+        except Exception as error:  # noqa: BLE001 - a bug in context or post-processing costs one completion
+            self.stats.errors += 1
+            self.log(types.MessageType.Error,
+                     f"completion for {uri} at {position.line}:{position.character} failed: {error!r}")
+            return None
         if answer is not None:
             self.stats.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         return answer
@@ -376,6 +391,7 @@ class DiffgemmaServer(LanguageServer):
             raise JsonRpcInvalidParams(f"invalid position for {uri}: {error}") from None
         # A new request for a document supersedes the older one, however this one is answered.
         self.scheduler.supersede(uri)
+        number = self._newest_request[uri] = next(self._request_numbers)
         if not self.settings.language_enabled(document.language_id, document.spec.name):
             if uri not in self._disabled_logged:
                 self._disabled_logged.add(uri)
@@ -393,12 +409,7 @@ class DiffgemmaServer(LanguageServer):
             self.typed_ahead.remember(uri, source, offset, rest)
             return Answer(document, position, offset, [rest])
 
-        try:
-            context = pipeline.context(document, position, settings, self.documents.others(uri), invoked)
-        except Exception as error:  # noqa: BLE001 - a context bug must cost one completion, not the server
-            self.stats.errors += 1
-            self.log(types.MessageType.Error, f"context for {uri} at {position.line}:{position.character} failed: {error!r}")
-            return None
+        context = pipeline.context(document, position, settings, self.documents.others(uri), invoked)
         if context.mode is CompletionMode.NONE:
             return None
         key = (context.prompt_prefix(), context.suffix)
@@ -411,6 +422,12 @@ class DiffgemmaServer(LanguageServer):
             if result is None:
                 return None
             self.results.put(key, result)
+            if self._newest_request.get(uri) != number:
+                # The run finished, but a newer request arrived before this one could answer: it stays unanswered
+                # like any superseded request, and its result stays cached.
+                self.stats.cancellations += 1
+                self.stats.superseded += 1
+                return None
             current = self.documents.get(uri) if uri in self.documents else None
             if current is not document or document.revision != revision:
                 # Edited while the model ran: post-processing needs the text the context was built from. The
@@ -433,7 +450,8 @@ class DiffgemmaServer(LanguageServer):
         work_done_token: types.ProgressToken | None,
     ) -> InfillResult | None:
         """Run the model on the worker; None when superseded or failed (each counted and logged)."""
-        stream = _CanvasStream(self, uri, position, self.protocol.msg_id, work_done_token, settings.canvas_notifications)
+        stream = _CanvasStream(self, uri, position, self.protocol.msg_id, work_done_token,
+                               settings.canvas_notifications)
         job = self.scheduler.submit(uri, lambda job: pipeline.generate(
             context, settings, cancelled=job.cancelled, on_canvas=stream.callback(job)))
         stream.begin()

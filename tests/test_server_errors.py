@@ -106,8 +106,8 @@ async def test_engine_failure_costs_one_empty_result(tmp_path_factory):
     open_document(client, uri, SOURCE)
     for _ in range(2):
         assert not (await inline(client, uri, 3, len(LINE))).items
-    assert logged(client, "model run for file:///engine_error.py failed: ValueError: prompt token ids must be in [0, 300)",
-                  types.MessageType.Error)
+    failure = "model run for file:///engine_error.py failed: ValueError: prompt token ids must be in [0, 300)"
+    assert logged(client, failure, types.MessageType.Error)
     assert (await stats(client))["errors"] == 2
     client.exit(None)  # exit without shutdown: exit code 1
     await client._server.wait()
@@ -120,7 +120,8 @@ async def test_model_that_does_not_load_then_one_that_does(checkpoint, tmp_path)
     (error,) = [s for s in client.statuses if s["state"] == "error"]
     assert "not a checkpoint directory" in error["message"]
     await wait_until(lambda: client.messages, "a showMessage")
-    assert client.messages[0].type == types.MessageType.Error and "not a checkpoint directory" in client.messages[0].message
+    shown = client.messages[0]
+    assert shown.type == types.MessageType.Error and "not a checkpoint directory" in shown.message
     uri = "file:///before_ready.py"
     open_document(client, uri, SOURCE)
     assert not (await inline(client, uri, 3, len(LINE))).items  # no model: empty, not an error

@@ -65,7 +65,8 @@ async def test_inline_completion_result_shape(vscode):
     assert isinstance(result, types.InlineCompletionList) and len(result.items) == 1
     item = result.items[0]
     assert item.insert_text == "        result += " + "x" * 16
-    assert item.range == types.Range(start=types.Position(line=6, character=0), end=types.Position(line=6, character=18))
+    assert item.range == types.Range(start=types.Position(line=6, character=0),
+                                     end=types.Position(line=6, character=18))
     assert item.command.command == ACCEPT and isinstance(item.command.arguments[0], str)
     assert (await stats(vscode))["lastRun"]["steps"] == 4  # initializationOptions: denoisingSteps 4
 
