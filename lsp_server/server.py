@@ -474,7 +474,7 @@ class DiffgemmaServer(LanguageServer):
             stream.end()
         generation = result.generation
         self.stats.last_run = LastRun(generation.prompt_tokens, generation.encoded_prompt_tokens, generation.steps,
-                                      generation.blocks, generation.wall_time_s * 1000.0)
+                                      generation.blocks, generation.wall_time_s * 1000.0, generation.tokens_per_forward)
         return result
 
 

@@ -21,6 +21,7 @@ class LastRun:
     steps: int
     blocks: int
     wall_ms: float
+    tokens_per_forward: float  # of the first candidate
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Stats:
                 "steps": self.last_run.steps,
                 "blocks": self.last_run.blocks,
                 "wallMs": self.last_run.wall_ms,
+                "tokensPerForward": self.last_run.tokens_per_forward,
             },
         }
 

@@ -68,7 +68,9 @@ async def test_inline_completion_result_shape(vscode):
     assert item.range == types.Range(start=types.Position(line=6, character=0),
                                      end=types.Position(line=6, character=18))
     assert item.command.command == ACCEPT and isinstance(item.command.arguments[0], str)
-    assert (await stats(vscode))["lastRun"]["steps"] == 4  # initializationOptions: denoisingSteps 4
+    last_run = (await stats(vscode))["lastRun"]
+    assert last_run["steps"] == 4  # initializationOptions: denoisingSteps 4
+    assert last_run["blocks"] == 1 and last_run["tokensPerForward"] == 16 / 4 and last_run["wallMs"] > 0
 
 
 async def test_replace_range_with_unicode_in_utf16(vscode):
