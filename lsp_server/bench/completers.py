@@ -7,12 +7,21 @@ must then score pass@1 = 1.0 and exact match 1.0; it measures nothing about any 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import resource
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from lsprotocol import types
+
+import engine
 from lsp_server.bench import BenchError
 from lsp_server.bench.tasks import InfillTask
+from lsp_server.languages import LANGUAGES
 
 BACKENDS = ("server", "direct", "oracle")
 
@@ -57,9 +66,10 @@ def make_completer(settings: CompleterSettings) -> Completer:
         if settings.model is not None:
             raise BenchError("--model has no effect with the oracle completer, which returns the reference text")
         return OracleCompleter()
-    if settings.backend in ("server", "direct"):
-        raise BenchError(f"the {settings.backend!r} back-end is not wired into diffgemma-bench yet; "
-                         "only --completer oracle runs for now")
+    if settings.backend == "direct":
+        return DirectCompleter(settings)
+    if settings.backend == "server":
+        return ServerCompleter(settings)
     raise BenchError(f"unknown completer {settings.backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -75,3 +85,192 @@ class OracleCompleter:
 
     def close(self) -> None:
         pass
+
+
+def language_id(task: InfillTask) -> str:
+    """The LSP languageId an editor would open the task's document with."""
+    return next(spec.language_ids[0] for spec in LANGUAGES if spec.name == task.language)
+
+
+def cursor_position(prefix: str) -> tuple[int, int]:
+    """The LSP position (UTF-16 columns) of the cursor after `prefix`."""
+    line = prefix.count("\n")
+    return line, _utf16_length(prefix[prefix.rfind("\n") + 1 :])
+
+
+def _utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _engine_figures(steps: int, blocks: int, wall_ms: float) -> dict[str, float | None]:
+    return {"engine_ms_per_canvas": wall_ms / blocks if blocks else None,
+            "engine_ms_per_step": wall_ms / steps if steps else None}
+
+
+class DirectCompleter:
+    """The server's pipeline (context -> Engine.infill -> post-processing -> ranking), in this process."""
+
+    name = "direct"
+
+    def __init__(self, settings: CompleterSettings):
+        from lsp_server.pipeline import InfillPipeline, load_engine
+        from lsp_server.settings import Settings
+
+        self.settings = Settings(seed=settings.seed, **({"model": settings.model} if settings.model else {}))
+        try:
+            self.pipeline = InfillPipeline(load_engine(self.settings))
+        except (engine.CheckpointError, ValueError) as exc:
+            raise BenchError(f"cannot load the model: {exc}") from None
+
+    def complete(self, task: InfillTask) -> Completion:
+        from lsp_server.documents import Document
+
+        document = Document(f"file:///bench/{task.path}", task.prefix + task.suffix,
+                            language_id=language_id(task))
+        started = time.perf_counter()
+        try:
+            done = self.pipeline.complete(document, cursor_position(task.prefix), self.settings, invoked=True)
+        except engine.GenerationCancelled as exc:
+            raise CompletionError(f"generation cancelled: {exc}") from None
+        latency = (time.perf_counter() - started) * 1000.0
+        if done.result is None:  # the context decided no completion belongs here
+            return Completion(text="", latency_ms=latency, peak_memory_mb=_peak_memory_mb())
+        generation = done.result.generation
+        return Completion(text=done.text or "", latency_ms=latency,
+                          tokens_per_forward=generation.tokens_per_forward, peak_memory_mb=_peak_memory_mb(),
+                          **_engine_figures(generation.steps, generation.blocks, generation.wall_time_s * 1000.0))
+
+    def close(self) -> None:
+        self.pipeline = None
+
+
+class ServerCompleter:
+    """A headless LSP client: starts `diffgemma-lsp --stdio`, opens each task's document, asks for an inline
+    completion at the hole (as an editor's explicit invocation) and applies the returned edit."""
+
+    name = "server"
+    READY_TIMEOUT_S = 300.0
+    REQUEST_TIMEOUT_S = 300.0
+
+    def __init__(self, settings: CompleterSettings):
+        from pygls.lsp.client import LanguageClient
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-lsp-client", daemon=True)
+        self._thread.start()
+        self._client = LanguageClient("diffgemma-bench", "1")
+        self._status: dict = {}
+        self._ready = threading.Event()
+        self._documents = 0
+
+        @self._client.feature("diffgemma/status")
+        def on_status(params):
+            self._status = {"state": _field(params, "state"), "message": _field(params, "message")}
+            if self._status["state"] in ("ready", "error"):
+                self._ready.set()
+
+        command = [sys.executable, "-m", "lsp_server", "--stdio"]
+        if settings.model:
+            command += ["--model", settings.model]
+        options = {"seed": settings.seed, "canvasNotifications": False}
+        try:
+            self._run(self._start(command, options), self.READY_TIMEOUT_S)
+            if not self._ready.wait(self.READY_TIMEOUT_S):
+                raise BenchError(f"the server did not load its model within {self.READY_TIMEOUT_S:.0f} s")
+            if self._status.get("state") == "error":
+                raise BenchError(f"the server could not load the model: {self._status.get('message')}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, coroutine, timeout: float):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _start(self, command: list[str], options: dict) -> None:
+        await self._client.start_io(*command)
+        capabilities = types.ClientCapabilities(
+            text_document=types.TextDocumentClientCapabilities(
+                inline_completion=types.InlineCompletionClientCapabilities()),
+            general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
+        )
+        await self._client.initialize_async(types.InitializeParams(
+            capabilities=capabilities, initialization_options=options, process_id=os.getpid()))
+        self._client.initialized(types.InitializedParams())
+
+    def complete(self, task: InfillTask) -> Completion:
+        return self._run(self._complete(task), self.REQUEST_TIMEOUT_S)
+
+    async def _complete(self, task: InfillTask) -> Completion:
+        self._documents += 1
+        uri = f"file:///bench/{self._documents}/{task.path}"
+        client = self._client
+        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+            uri=uri, language_id=language_id(task), version=1,
+            text=task.prefix + task.suffix)))
+        line, character = cursor_position(task.prefix)
+        before_runs = await self._last_run_count()
+        started = time.perf_counter()
+        try:
+            answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=line, character=character)))
+        except Exception as exc:  # an LSP error response for this request: the next task can still run
+            raise CompletionError(f"inline completion failed: {exc}") from None
+        latency = (time.perf_counter() - started) * 1000.0
+        stats = await client.protocol.send_request_async("diffgemma/stats", None)
+        client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
+        text = _applied_middle(answer, task.prefix, line, character)
+        figures: dict = {}
+        last = _field(stats, "lastRun")
+        if last is not None and _field(stats, "modelRuns") > before_runs:
+            figures = _engine_figures(_field(last, "steps"), _field(last, "blocks"), _field(last, "wallMs"))
+            figures["tokens_per_forward"] = _field(last, "tokensPerForward")
+        return Completion(text=text, latency_ms=latency, **figures)
+
+    async def _last_run_count(self) -> int:
+        stats = await self._client.protocol.send_request_async("diffgemma/stats", None)
+        return _field(stats, "modelRuns")
+
+    def close(self) -> None:
+        try:
+            if self._client.stopped is False:
+                self._run(self._stop(), 30.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    async def _stop(self) -> None:
+        try:
+            await self._client.shutdown_async(None)
+            self._client.exit(None)
+        finally:
+            await self._client.stop()
+
+
+def _field(message, name: str):
+    """A field of a custom LSP message, which pygls hands over as a namedtuple-like Object (or a dict)."""
+    return message.get(name) if isinstance(message, dict) else getattr(message, name, None)
+
+
+def _applied_middle(answer, prefix: str, line: int, character: int) -> str:
+    """What the first inline item inserts at the cursor: its insertText minus the text it replaces before the
+    cursor (the server's range runs from a point on the cursor's line to the cursor)."""
+    items = answer.items if isinstance(answer, types.InlineCompletionList) else (answer or [])
+    if not items:
+        return ""
+    item = items[0]
+    insert = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
+    if item.range is None:
+        return insert
+    if item.range.start.line != line or (item.range.end.line, item.range.end.character) != (line, character):
+        raise CompletionError(f"the server's replace range {item.range} does not end at the cursor")
+    current_line = prefix[prefix.rfind("\n") + 1 :].encode("utf-16-le")
+    replaced = current_line[2 * item.range.start.character :].decode("utf-16-le")
+    if not insert.startswith(replaced):
+        raise CompletionError("the inline item's text does not start with the text it replaces")
+    return insert[len(replaced):]
