@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,bench]"
 	touch $@
 
-.PHONY: install test
+.PHONY: install test infill
 install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# Line 16 of the sample ends in `return `: the cursor sits after it (columns count from 1).
+infill: install
+	$(VENV)/bin/diffgemma-infill examples/sample.py --line 16 --character 12 --seed 0 --show-canvas
