@@ -122,6 +122,10 @@ class GenerationConfig:
     confidence_threshold: float | None = 0.005
     eos_token_id: tuple[int, ...] | None = None
     pad_token_id: int | None = None
+    # "reference" draws random numbers exactly as transformers does (same tokens under a seed); "fast" samples the
+    # same distributions by inverse CDF, one uniform per position instead of one exponential per vocabulary entry.
+    # Not part of generation_config.json: it changes no model behaviour, only which random stream is used.
+    sampling: str = "reference"
 
     def with_overrides(self, **overrides: Any) -> "GenerationConfig":
         known = {f.name for f in fields(self)}
@@ -141,6 +145,8 @@ class GenerationConfig:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens}")
         if self.entropy_bound <= 0:
             raise ConfigError(f"entropy_bound must be > 0, got {self.entropy_bound}")
+        if self.sampling not in ("reference", "fast"):
+            raise ConfigError(f"sampling must be 'reference' or 'fast', got {self.sampling!r}")
         if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
             raise ConfigError(f"t_max must be > t_min (got t_max={self.t_max}, t_min={self.t_min})")
 

@@ -16,7 +16,13 @@ import torch
 from engine.cache import KVCache
 from engine.config import GenerationConfig
 from engine.model import DiffusionGemma
-from engine.sampler import StableAndConfident, entropy_bound_acceptance, temperature, token_entropy
+from engine.sampler import (
+    StableAndConfident,
+    entropy_bound_acceptance,
+    sample_tokens,
+    temperature,
+    token_entropy,
+)
 
 
 class GenerationCancelled(Exception):
@@ -111,7 +117,7 @@ def generate_blocks(
             if schedule:
                 logits = logits / temperature(remaining, config.max_denoising_steps, config.t_min, config.t_max)
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-            sample = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch, canvas_length)
+            sample = sample_tokens(probs.view(-1, vocab), generator, config.sampling).view(batch, canvas_length)
             new_argmax = logits.argmax(dim=-1)
             entropy = token_entropy(logits)
             accepted = entropy_bound_acceptance(entropy, config.entropy_bound)

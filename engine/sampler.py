@@ -11,6 +11,19 @@ def temperature(remaining: int, total: int, t_min: float, t_max: float) -> torch
     return t_min + (t_max - t_min) * (torch.tensor(remaining, dtype=torch.int32) / total)
 
 
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator, sampling: str) -> torch.Tensor:
+    """One token per row of `probs` [N, V].
+
+    "reference" is `torch.multinomial` (an exponential race over the whole vocabulary: the reference's random stream);
+    "fast" inverts the CDF with one uniform per row, the same distribution at a fraction of the random draws.
+    """
+    if sampling == "reference":
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(dim=-1)
+    draw = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of softmax(logits), computed like `torch.distributions.Categorical(...).entropy()`."""
     normalized = logits - logits.logsumexp(dim=-1, keepdim=True)

@@ -81,7 +81,8 @@ class InfillPipeline:
         on_canvas: Callable[[CanvasText], None] | None = None,
     ) -> InfillResult:
         """Run the model on a context (touches no document: any thread)."""
-        overrides: dict[str, Any] = {}
+        # The editor needs the model's distribution, not transformers' random stream: sample by inverse CDF.
+        overrides: dict[str, Any] = {"sampling": "fast"}
         if settings.denoising_steps is not None:
             overrides["max_denoising_steps"] = settings.denoising_steps
         return self.engine.infill(
