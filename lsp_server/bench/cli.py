@@ -4,9 +4,11 @@
     diffgemma-bench --direct --model CHECKPOINT --task multi-line   # the engine in-process
     diffgemma-bench --repo ~/src/project --limit 200                # holes drawn from any source tree
     diffgemma-bench --completer oracle --task example               # check of the harness itself: pass@1 = 1.0
+    diffgemma-bench --direct --model CHECKPOINT --baseline transformers   # speed and agreement vs the reference
 
 Writes OUT/records.jsonl (one record per task, appended as tasks finish: rerun with the same --out to resume),
-OUT/summary.json, OUT/report.md and PNG plots; prints the markdown table.
+OUT/summary.json, OUT/report.md and PNG plots (and OUT/server.log with the server back-end); prints the markdown
+table.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import importlib.util
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 from lsp_server.bench import BenchError
+from lsp_server.bench.baseline import BASELINES, make_baseline
 from lsp_server.bench.completers import BACKENDS, CompleterSettings, make_completer
 from lsp_server.bench.metrics import summarize
-from lsp_server.bench.report import REPORT_FILE, Journal, Progress, markdown_report, write_plots, write_summary
+from lsp_server.bench.report import REPORT_FILE, SERVER_LOG_FILE, Journal, Progress, markdown_report, write_plots, write_summary
 from lsp_server.bench.runner import run_benchmark
 from lsp_server.bench.sandbox import Sandbox, SandboxLimits
 from lsp_server.bench.tasks import (DATA_ENV_VAR, HUMANEVAL_FILES, InfillTask, draw_repo_holes, load_humaneval,
@@ -56,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--direct", dest="completer", action="store_const", const="direct",
                         help="same as --completer direct")
     backend.add_argument("--model", help="checkpoint directory or name for the back-end")
+    backend.add_argument("--baseline", choices=BASELINES,
+                         help="also generate each task's prompt with the engine and with transformers' reference "
+                              "generate() on the same checkpoint: speed ratio and token agreement (needs "
+                              "transformers; loads the model twice more in this process)")
 
     execution = parser.add_argument_group("execution sandbox")
     execution.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -92,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.baseline and args.completer == "oracle":
+        raise BenchError("--baseline compares model generations: use it with --direct or --completer server")
     if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
         raise BenchError("the PNG plots need matplotlib (pip install 'diffgemma-lsp[bench]'); or pass --no-plots")
     tasks, config = _tasks_and_config(args)
@@ -111,21 +120,26 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(len(tasks), already_done=len(tasks) - len(pending), enabled=not args.no_progress)
     try:
         if pending:
-            limits = SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb)
-            needs_sandbox = any(task.executable for task in pending)
-            # The sandbox first: it fails fast, the back-end may take long to start.
-            with (Sandbox(limits, slots=args.workers, python=args.sandbox_python) if needs_sandbox
-                  else nullcontext()) as sandbox:
-                session["sandbox_python"] = sandbox.python if sandbox else None
+            with ExitStack() as running:
+                # The sandbox first: it fails fast, the back-end may take long to start.
+                sandbox = None
+                if any(task.executable for task in pending):
+                    sandbox = running.enter_context(Sandbox(
+                        SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb), slots=args.workers,
+                        python=args.sandbox_python))
+                    session["sandbox_python"] = sandbox.python
+                settings = CompleterSettings(backend=args.completer, model=args.model, seed=args.seed,
+                                             server_log=out_dir / SERVER_LOG_FILE)
+                baseline = None
+                if args.baseline:  # before the back-end: a missing transformers is found without waiting for it
+                    baseline = make_baseline(args.baseline, settings)
+                    running.callback(baseline.close)
                 backend_started = time.monotonic()
-                completer = make_completer(CompleterSettings(backend=args.completer, model=args.model,
-                                                             seed=args.seed))
+                completer = make_completer(settings)
+                running.callback(completer.close)
                 session["startup_ms"] = (time.monotonic() - backend_started) * 1000.0
-                try:
-                    run_benchmark(tasks, completer, journal, progress, sandbox=sandbox,
-                                  samples_per_task=args.samples)
-                finally:
-                    completer.close()
+                run_benchmark(tasks, completer, journal, progress, sandbox=sandbox, samples_per_task=args.samples,
+                              baseline=baseline)
     finally:
         progress.close()
         journal.close()
@@ -147,7 +161,8 @@ def _run(args: argparse.Namespace) -> int:
 def _tasks_and_config(args: argparse.Namespace) -> tuple[list[InfillTask], dict]:
     """The run's tasks, and the options that decide its results (a resumed run must repeat them)."""
     config = {"completer": args.completer, "model": args.model, "seed": args.seed, "limit": args.limit,
-              "samples_per_task": args.samples, "timeout_s": args.timeout, "memory_mb": args.memory_mb}
+              "samples_per_task": args.samples, "timeout_s": args.timeout, "memory_mb": args.memory_mb,
+              "baseline": args.baseline}
     if args.repo is not None:
         if args.task or args.data:
             raise BenchError("--repo draws its own holes: it cannot be combined with --task or --data")

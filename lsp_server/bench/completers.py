@@ -14,14 +14,21 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from lsprotocol import types
+from pygls.lsp.client import LanguageClient
 
 import engine
 from lsp_server.bench import BenchError
 from lsp_server.bench.tasks import InfillTask
 from lsp_server.languages import LANGUAGES
+
+if TYPE_CHECKING:
+    from lsp_server.documents import Document
+    from lsp_server.pipeline import InfillPipeline
+    from lsp_server.settings import Settings
 
 BACKENDS = ("server", "direct", "oracle")
 
@@ -58,6 +65,7 @@ class CompleterSettings:
     backend: str  # one of BACKENDS
     model: str | None  # checkpoint directory or name (--model); None: the back-end's default
     seed: int  # for back-ends that sample
+    server_log: Path | None = None  # the server back-end's log file; None: discarded
 
 
 def make_completer(settings: CompleterSettings) -> Completer:
@@ -98,6 +106,25 @@ def cursor_position(prefix: str) -> tuple[int, int]:
     return line, _utf16_length(prefix[prefix.rfind("\n") + 1 :])
 
 
+def task_document(task: InfillTask) -> Document:
+    """The task's document as an editor opens it: prefix + suffix, under its path, in its language."""
+    from lsp_server.documents import Document
+
+    return Document(f"file:///bench/{task.path}", task.prefix + task.suffix, language_id=language_id(task))
+
+
+def load_pipeline(settings: CompleterSettings) -> tuple[InfillPipeline, Settings]:
+    """The server's pipeline on the checkpoint the settings name, with the server settings it runs under."""
+    from lsp_server.pipeline import InfillPipeline, load_engine
+    from lsp_server.settings import Settings
+
+    server_settings = Settings(seed=settings.seed, **({"model": settings.model} if settings.model else {}))
+    try:
+        return InfillPipeline(load_engine(server_settings)), server_settings
+    except (engine.CheckpointError, ValueError) as exc:
+        raise BenchError(f"cannot load the model: {exc}") from None
+
+
 def _utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
@@ -117,20 +144,10 @@ class DirectCompleter:
     name = "direct"
 
     def __init__(self, settings: CompleterSettings):
-        from lsp_server.pipeline import InfillPipeline, load_engine
-        from lsp_server.settings import Settings
-
-        self.settings = Settings(seed=settings.seed, **({"model": settings.model} if settings.model else {}))
-        try:
-            self.pipeline = InfillPipeline(load_engine(self.settings))
-        except (engine.CheckpointError, ValueError) as exc:
-            raise BenchError(f"cannot load the model: {exc}") from None
+        self.pipeline, self.settings = load_pipeline(settings)
 
     def complete(self, task: InfillTask) -> Completion:
-        from lsp_server.documents import Document
-
-        document = Document(f"file:///bench/{task.path}", task.prefix + task.suffix,
-                            language_id=language_id(task))
+        document = task_document(task)
         started = time.perf_counter()
         try:
             done = self.pipeline.complete(document, cursor_position(task.prefix), self.settings, invoked=True)
@@ -148,6 +165,23 @@ class DirectCompleter:
         self.pipeline = None
 
 
+class _BenchClient(LanguageClient):
+    """The LSP client, keeping the end of the server's stderr: where a server that crashes leaves its traceback
+    (its log goes to a file, so nothing else fills that pipe, which nobody reads while the server runs)."""
+
+    STDERR_TAIL_CHARS = 2000
+
+    def __init__(self) -> None:
+        super().__init__("diffgemma-bench", "1")
+        self.exited = threading.Event()
+        self.stderr_tail = ""
+
+    async def server_exit(self, server: asyncio.subprocess.Process) -> None:
+        error_output = await server.stderr.read()
+        self.stderr_tail = error_output.decode("utf-8", "replace").strip()[-self.STDERR_TAIL_CHARS:]
+        self.exited.set()
+
+
 class ServerCompleter:
     """A headless LSP client: starts `diffgemma-lsp --stdio`, opens each task's document, asks for an inline
     completion at the hole (as an editor's explicit invocation) and applies the returned edit."""
@@ -155,14 +189,14 @@ class ServerCompleter:
     name = "server"
     READY_TIMEOUT_S = 300.0
     REQUEST_TIMEOUT_S = 300.0
+    EXIT_POLL_S = 0.2  # how often the wait for the model checks that the server is still running
+    EXIT_REPORT_TIMEOUT_S = 10.0  # for the client to collect what a server that exited wrote
 
     def __init__(self, settings: CompleterSettings):
-        from pygls.lsp.client import LanguageClient
-
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="bench-lsp-client", daemon=True)
         self._thread.start()
-        self._client = LanguageClient("diffgemma-bench", "1")
+        self._client = _BenchClient()
         self._status: dict = {}
         self._ready = threading.Event()
         self._documents = 0
@@ -173,19 +207,41 @@ class ServerCompleter:
             if self._status["state"] in ("ready", "error"):
                 self._ready.set()
 
-        command = [sys.executable, "-m", "lsp_server", "--stdio"]
+        @self._client.feature(types.WINDOW_LOG_MESSAGE)
+        @self._client.feature(types.WINDOW_SHOW_MESSAGE)
+        def on_message(params):
+            """Accepted and dropped: the server's log file has every message."""
+
+        log_file = str(settings.server_log) if settings.server_log else os.devnull
+        command = [sys.executable, "-m", "lsp_server", "--stdio", "--log-file", log_file]
         if settings.model:
             command += ["--model", settings.model]
         options = {"seed": settings.seed, "canvasNotifications": False}
         try:
-            self._run(self._start(command, options), self.READY_TIMEOUT_S)
-            if not self._ready.wait(self.READY_TIMEOUT_S):
-                raise BenchError(f"the server did not load its model within {self.READY_TIMEOUT_S:.0f} s")
-            if self._status.get("state") == "error":
-                raise BenchError(f"the server could not load the model: {self._status.get('message')}")
+            try:
+                self._run(self._start(command, options), self.READY_TIMEOUT_S)
+            except RuntimeError:  # pygls fails the pending initialize request when the server process exits
+                if self._client.exited.wait(self.EXIT_REPORT_TIMEOUT_S):
+                    raise self._exited_early() from None
+                raise
+            self._wait_for_model()
         except BaseException:
             self.close()
             raise
+
+    def _wait_for_model(self) -> None:
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        while not self._ready.wait(self.EXIT_POLL_S):
+            if self._client.exited.is_set():
+                raise self._exited_early()
+            if time.monotonic() > deadline:
+                raise BenchError(f"the server did not load its model within {self.READY_TIMEOUT_S:.0f} s")
+        if self._status.get("state") == "error":
+            raise BenchError(f"the server could not load the model: {self._status.get('message')}")
+
+    def _exited_early(self) -> BenchError:
+        return BenchError("the server exited before its model was ready; its error output: "
+                          + (self._client.stderr_tail or "(none)"))
 
     def _run(self, coroutine, timeout: float):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)

@@ -133,7 +133,21 @@ def _aggregate(records: list[dict]) -> dict:
         summary[name] = _mean(sample[name] for sample in samples if sample[name] is not None)
     peaks = [sample["peak_memory_mb"] for sample in samples if sample["peak_memory_mb"] is not None]
     summary["peak_memory_mb"] = max(peaks) if peaks else None
+    summary["baseline"] = _baseline_summary([record["baseline"] for record in records if record.get("baseline")])
     return summary
+
+
+def _baseline_summary(comparisons: list[dict]) -> dict | None:
+    """Mean wall times of both implementations, the ratio of the means (> 1: the engine is faster), the
+    fraction of tasks whose tokens are identical and the mean fraction of identical token positions."""
+    if not comparisons:
+        return None
+    engine_ms = fmean(comparison["engine_ms"] for comparison in comparisons)
+    transformers_ms = fmean(comparison["transformers_ms"] for comparison in comparisons)
+    return {"tasks": len(comparisons), "engine_ms": engine_ms, "transformers_ms": transformers_ms,
+            "speed_ratio": transformers_ms / engine_ms,
+            "token_agreement": fmean(comparison["identical_tokens"] for comparison in comparisons),
+            "mean_token_agreement": fmean(comparison["token_agreement"] for comparison in comparisons)}
 
 
 def _mean_pass_at(records: list[dict], k: int) -> float | None:

@@ -14,6 +14,7 @@ RUN_FILE = "run.json"  # the configuration: a resumed run must match it
 RECORDS_FILE = "records.jsonl"  # one record per finished task, appended as each finishes
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
+SERVER_LOG_FILE = "server.log"  # the server back-end's log
 LATENCY_PLOT = "latency_cdf.png"
 SCORES_PLOT = "scores_by_kind.png"
 
@@ -110,11 +111,20 @@ def markdown_report(summary: dict, config: dict) -> str:
         ("peak_memory_mb", "peak memory (MB)")) if summary[name] is not None]
     if engine:
         notes.append("Engine: " + ", ".join(engine) + ".")
+    if summary["baseline"] is not None:
+        notes.append(_baseline_note(summary["baseline"]))
     if summary["errors"]:
         notes.append(f"{summary['errors']} requests failed; they count as failed samples.")
     if summary["sandbox"]["programs"]:
         notes.append(_sandbox_note(summary["sandbox"]))
     return "\n".join([header, *lines, "", *notes]) + "\n"
+
+
+def _baseline_note(baseline: dict) -> str:
+    return (f"Baseline transformers `generate()` on the same prompts ({baseline['tasks']} tasks): engine "
+            f"{baseline['engine_ms']:.1f} ms, transformers {baseline['transformers_ms']:.1f} ms per generation "
+            f"(speed ratio {baseline['speed_ratio']:.2f}); identical tokens on {baseline['token_agreement']:.1%} "
+            f"of tasks, {baseline['mean_token_agreement']:.1%} of token positions.")
 
 
 def _sandbox_note(sandbox: dict) -> str:

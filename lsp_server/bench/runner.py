@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lsp_server.bench import BenchError
+from lsp_server.bench.baseline import TransformersBaseline
 from lsp_server.bench.completers import Completer, Completion, CompletionError
 from lsp_server.bench.metrics import edit_similarity, exact_match, syntax_valid
 from lsp_server.bench.report import Journal, Progress
@@ -24,6 +25,7 @@ class _TaskInFlight:
     task: InfillTask
     samples: list[dict]
     executions: list[Future | None]
+    baseline: dict | None  # the baseline comparison on this task's prompt, if one was asked for
 
     def executions_done(self) -> bool:
         return all(execution is None or execution.done() for execution in self.executions)
@@ -34,10 +36,12 @@ class _TaskInFlight:
 
 
 def run_benchmark(tasks: list[InfillTask], completer: Completer, journal: Journal, progress: Progress, *,
-                  sandbox: Sandbox | None, samples_per_task: int = 1) -> None:
+                  sandbox: Sandbox | None, samples_per_task: int = 1,
+                  baseline: TransformersBaseline | None = None) -> None:
     """Complete and score every task not yet in the journal, appending one record per task in task order.
 
-    The first completion of the session is marked cold (it may pay for compilation and cache warm-up)."""
+    The first completion of the session is marked cold (it may pay for compilation and cache warm-up). With a
+    baseline, each task's record also holds its comparison (see lsp_server.bench.baseline)."""
     if samples_per_task < 1:
         raise BenchError(f"samples per task must be at least 1, got {samples_per_task}")
     pending = [task for task in tasks if task.task_id not in journal.records]
@@ -52,7 +56,8 @@ def run_benchmark(tasks: list[InfillTask], completer: Completer, journal: Journa
                        for number in range(samples_per_task)]
             executions = [pool.submit(sandbox.run, task.program(sample["completion"]))
                           if task.executable and sample["error"] is None else None for sample in samples]
-            in_flight.append(_TaskInFlight(task, samples, executions))
+            comparison = baseline.compare(task) if baseline is not None else None
+            in_flight.append(_TaskInFlight(task, samples, executions, comparison))
             while in_flight and (in_flight[0].executions_done()
                                  or len(in_flight) > workers * TASKS_IN_FLIGHT_PER_WORKER):
                 _record(in_flight.popleft(), journal, progress)
@@ -99,7 +104,7 @@ def _record(entry: _TaskInFlight, journal: Journal, progress: Progress) -> None:
         "executable": task.executable, "num_samples": len(entry.samples),
         "num_passed": sum(bool(sample["execution"] and sample["execution"]["status"] == "passed")
                           for sample in entry.samples) if task.executable else None,
-        "samples": entry.samples})
+        "samples": entry.samples, "baseline": entry.baseline})
     progress.advance()
 
 
