@@ -111,6 +111,7 @@ def test_repo_run_scores_text_metrics_without_a_sandbox(tmp_path):
     (["--data", "/nonexistent/data"], "data directory not found: /nonexistent/data (from --data)"),
     (["--repo", "/nonexistent/tree"], "not a directory"),
     (["--model", "some-checkpoint", "--task", "example"], "--model has no effect with the oracle completer"),
+    (["--baseline", "transformers", "--task", "example"], "--baseline compares model generations"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, capsys, arguments, message):
     assert main(["--completer", "oracle", "--no-progress", "--out", str(tmp_path / "run"), *arguments]) == 1

@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from engine import Engine
+from engine.infill import infill_prompt
 from lsp_server.bench import BenchError
 from lsp_server.bench.completers import CompleterSettings, cursor_position, load_pipeline, task_document
 from lsp_server.bench.tasks import InfillTask
@@ -44,10 +46,9 @@ def make_baseline(name: str, settings: CompleterSettings) -> TransformersBaselin
 class TransformersBaseline:
     """Our engine and the reference implementation side by side on each task's prompt.
 
-    It loads its own engine (not the completer's), so that both generate from the same state: the engine's
-    prompt cache holds the previous task's prompt, never this one's. It still reuses the prefix a prompt shares
-    with the previous one (the reference has no such cache); each comparison records how many prompt tokens the
-    engine encoded."""
+    Both encode the whole prompt: each generation runs on an Engine with an empty prompt cache around the loaded
+    model. (The cache a serving engine keeps reuses the prefix a prompt shares with the previous one; encoding a
+    prompt in two pieces rounds differently in the last float bits, which can flip a sampled token.)"""
 
     name = "transformers"
 
@@ -72,8 +73,6 @@ class TransformersBaseline:
     def compare(self, task: InfillTask) -> dict | None:
         """Both generations on the task's prompt: timings and token agreement; None when the context builder
         decides that no completion belongs at the hole (the back-ends then generate nothing either)."""
-        from engine.infill import infill_prompt
-
         context = self.pipeline.context(task_document(task), cursor_position(task.prefix), self.settings,
                                         invoked=True)
         if context.mode is CompletionMode.NONE:
@@ -88,29 +87,29 @@ class TransformersBaseline:
             "identical_tokens": ours.tokens == theirs,
             "token_agreement": matching / max(len(ours.tokens), len(theirs), 1),
             "new_tokens": len(ours.tokens),
-            "prompt_tokens": ours.prompt_tokens,
-            "encoded_prompt_tokens": ours.encoded_prompt_tokens,
+            "prompt_tokens": len(prompt_ids),
         }
 
     def _generate_both(self, prompt_ids: list[int]):
         """(engine result, engine ms, reference tokens, reference ms) for one prompt and the run's seed."""
         seed = self.settings.seed
+        loaded = self.engine
+        uncached = Engine(loaded.model, loaded.generation_config, loaded.tokenizer, loaded.path)
         started = time.perf_counter()
-        ours = self.engine.generate(prompt_ids, seed=seed, sampling="reference", **self.generation)
+        # The reference's random stream (the server samples by inverse CDF: the same distribution, other draws).
+        ours = uncached.generate(prompt_ids, seed=seed, sampling="reference", **self.generation)
         engine_ms = (time.perf_counter() - started) * 1000.0
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.engine.device)
         with torch.inference_mode():
             torch.manual_seed(seed)
             started = time.perf_counter()
-            output = self.reference.generate(prompt, **self.generation)
+            theirs = self.reference.generate(prompt, **self.generation).sequences[0, len(prompt_ids):].tolist()
             transformers_ms = (time.perf_counter() - started) * 1000.0
-        return ours, engine_ms, output.sequences[0, len(prompt_ids):].tolist(), transformers_ms
+        return ours, engine_ms, theirs, transformers_ms
 
     def _warm_up(self) -> None:
         """One untimed generation on each side: the first call pays for lazy initialisation (over a second for
         transformers), which is no part of either's speed."""
-        from engine.infill import infill_prompt
-
         _, prompt_ids = infill_prompt(self.engine, "def f():\n    return ", "\n")
         self._generate_both(prompt_ids)
 

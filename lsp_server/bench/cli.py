@@ -25,7 +25,8 @@ from lsp_server.bench import BenchError
 from lsp_server.bench.baseline import BASELINES, make_baseline
 from lsp_server.bench.completers import BACKENDS, CompleterSettings, make_completer
 from lsp_server.bench.metrics import summarize
-from lsp_server.bench.report import REPORT_FILE, SERVER_LOG_FILE, Journal, Progress, markdown_report, write_plots, write_summary
+from lsp_server.bench.report import (REPORT_FILE, SERVER_LOG_FILE, Journal, Progress, markdown_report, write_plots,
+                                     write_summary)
 from lsp_server.bench.runner import run_benchmark
 from lsp_server.bench.sandbox import Sandbox, SandboxLimits
 from lsp_server.bench.tasks import (DATA_ENV_VAR, HUMANEVAL_FILES, InfillTask, draw_repo_holes, load_humaneval,
