@@ -12,6 +12,7 @@ import torch
 import engine
 from engine.cache import KVCache
 from engine.model import DiffusionGemma
+from engine.training import evaluate
 from engine.training.fim import FimBatchStream
 from engine.training.tokenizer import train_tokenizer
 from engine.training.train import (
@@ -116,9 +117,10 @@ def test_trained_weights_decode_the_same_in_the_engine(tokenizer, tmp_path):
 def test_cli_trains_resumes_and_exports_a_loadable_checkpoint(tokenizer, corpus_texts, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "train.jsonl").write_text("".join(
-        json.dumps({"path": f"f{i}.py", "package": "fixture", "language": "python", "text": t}) + "\n"
-        for i, t in enumerate(corpus_texts)))
+    for split in ("train", "heldout"):
+        (corpus / f"{split}.jsonl").write_text("".join(
+            json.dumps({"path": f"{split}{i}.py", "package": "fixture", "language": "python", "text": t}) + "\n"
+            for i, t in enumerate(corpus_texts)))
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     out = tmp_path / "run"
     options = {**SMALL, "total_steps": 4, "warmup_steps": 2}
@@ -138,3 +140,12 @@ def test_cli_trains_resumes_and_exports_a_loadable_checkpoint(tokenizer, corpus_
     result = eng.generate([2, 3, 50, 51, 4, 5], seed=0)
     assert len(result.tokens) == 12
     assert eng.generate([2, 3, 50, 51, 4, 5], seed=0).tokens == result.tokens
+
+    scores = tmp_path / "scores.jsonl"
+    evaluate.main(["--corpus", str(corpus), "--snapshots", str(out / "snapshots"), "--holes", "3",
+                   "--loss-batches", "1", "--max-prompt-tokens", "48", "--out", str(scores)])
+    curve = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert [c["tokens_seen"] for c in curve] == sorted(c["tokens_seen"] for c in curve) and len(curve) == 2
+    for point in curve:
+        assert point["holes"] == 3 and 0.0 <= point["exact_match"] <= 1.0 and 0.0 <= point["edit_similarity"] <= 1.0
+        assert point["loss"]["loss"] > 0 and point["loss"]["diffusion_loss"] > 0

@@ -16,9 +16,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 import engine
+from engine.infill import text_tokenizer
 from engine.training.corpus import load_documents
-from engine.training.fim import choose_hole
+from engine.training.fim import FimBatchStream, choose_hole
+from engine.training.text_metrics import edit_similarity, exact_match
+from engine.training.train import TrainSettings, training_loss
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,9 @@ class HeldOutScore:
     tokens_seen: int | None
     holes: int
     exact_match: float
+    edit_similarity: float
     exact_match_by_kind: dict[str, float]
+    loss: dict[str, float]  # the training objective's terms on held-out batches (no gradient)
     seconds: float
 
 
@@ -49,13 +56,31 @@ def held_out_holes(corpus: Path, count: int, canvas_length: int, seed: int = 0, 
 PREFIX_CHARS, SUFFIX_CHARS = 700, 200
 
 
-def score_checkpoint(checkpoint: Path, holes, seed: int = 0) -> HeldOutScore:
+def held_out_loss(eng: engine.Engine, corpus: Path, batches: int, max_prompt_tokens: int, seed: int) -> dict:
+    """Mean training-objective terms over fixed held-out FIM batches: a learning signal long before exact matches."""
+    documents = load_documents(corpus, "heldout", ["python"])
+    settings = TrainSettings(canvas_length=eng.config.canvas_length, max_prompt_tokens=max_prompt_tokens)
+    stream = iter(FimBatchStream(documents, text_tokenizer(eng), settings.batch_size, max_prompt_tokens,
+                                 eng.config.canvas_length, seed=seed))
+    generator = torch.Generator().manual_seed(seed)
+    totals = {"loss": 0.0, "diffusion_loss": 0.0, "ar_loss": 0.0}
+    with torch.no_grad():
+        for _ in range(batches):
+            for name, value in zip(totals, training_loss(eng.model, next(stream), settings, generator)):
+                totals[name] += value.item() / batches
+    return {name: round(value, 4) for name, value in totals.items()}
+
+
+def score_checkpoint(checkpoint: Path, holes, corpus: Path, loss_batches: int, max_prompt_tokens: int,
+                     seed: int = 0) -> HeldOutScore:
     eng = engine.load(checkpoint, device="cpu")
     started = time.perf_counter()
     hits: dict[str, list[bool]] = {}
+    similarities = []
     for index, hole in enumerate(holes):
         middle = eng.infill(hole.prefix[-PREFIX_CHARS:], hole.suffix[:SUFFIX_CHARS], seed=seed + index).middle
-        hits.setdefault(hole.kind, []).append(middle.strip() == hole.middle.strip())
+        hits.setdefault(hole.kind, []).append(exact_match(middle, hole.middle))
+        similarities.append(edit_similarity(middle, hole.middle))
     every = [hit for kind in hits.values() for hit in kind]
     tokens_file = checkpoint / "tokens_seen"
     return HeldOutScore(
@@ -63,7 +88,9 @@ def score_checkpoint(checkpoint: Path, holes, seed: int = 0) -> HeldOutScore:
         tokens_seen=int(tokens_file.read_text()) if tokens_file.exists() else None,
         holes=len(every),
         exact_match=sum(every) / len(every),
+        edit_similarity=round(sum(similarities) / len(similarities), 4),
         exact_match_by_kind={kind: sum(v) / len(v) for kind, v in sorted(hits.items())},
+        loss=held_out_loss(eng, corpus, loss_batches, max_prompt_tokens, seed),
         seconds=round(time.perf_counter() - started, 1),
     )
 
@@ -76,13 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     target.add_argument("--snapshots", type=Path, help="a directory of step-NNNNNN checkpoints")
     parser.add_argument("--holes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss-batches", type=int, default=8, help="held-out batches for the loss")
+    parser.add_argument("--max-prompt-tokens", type=int, default=256, help="as in training")
     parser.add_argument("--out", type=Path, help="append one JSON line per checkpoint here")
     args = parser.parse_args(argv)
     checkpoints = [args.checkpoint] if args.checkpoint else sorted(p for p in args.snapshots.iterdir() if p.is_dir())
     canvas_length = engine.load(checkpoints[0], device="cpu").config.canvas_length
     holes = held_out_holes(args.corpus, args.holes, canvas_length, args.seed)
     for checkpoint in checkpoints:
-        score = score_checkpoint(checkpoint, holes, args.seed)
+        score = score_checkpoint(checkpoint, holes, args.corpus, args.loss_batches, args.max_prompt_tokens, args.seed)
         line = json.dumps(asdict(score))
         print(line, flush=True)
         if args.out:
