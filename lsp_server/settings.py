@@ -26,7 +26,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str | None = None  # None: float32 on the CPU, bfloat16 on CUDA
     canvas_length: int | None = None  # tokens per denoised block; None: the checkpoint's
-    max_prompt_tokens: int = 1024  # prefix + suffix + other-file snippets
+    max_prompt_tokens: int = 256  # prefix + suffix + other-file snippets; the embedded model trains on 256-token prompts (raise for larger checkpoints)
     max_new_tokens: int | None = None  # None: one canvas
     denoising_steps: int | None = None  # per canvas; None: the checkpoint's
     candidates: int = 1  # canvases sampled per request (one batch), ranked

@@ -64,7 +64,7 @@ export function serverSettings(config: ConfigurationReader): ServerSettings {
     dtype: dtype === 'auto' ? null : dtype,
     enabledLanguages: [...(config.get<string[]>('enabledLanguages') ?? ['*'])],
     candidates: config.get<number>('candidates') ?? 1,
-    maxPromptTokens: config.get<number>('maxPromptTokens') ?? 1024,
+    maxPromptTokens: config.get<number>('maxPromptTokens') ?? 256,
     maxNewTokens: config.get<number | null>('maxNewTokens') ?? null,
     denoisingSteps: config.get<number | null>('denoisingSteps') ?? null,
     canvasLength: config.get<number | null>('canvasLength') ?? null,

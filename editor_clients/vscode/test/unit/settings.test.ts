@@ -45,7 +45,7 @@ test('zero configuration: diffgemma-lsp from PATH with the embedded model, the s
     dtype: null,
     enabledLanguages: ['*'],
     candidates: 1,
-    maxPromptTokens: 1024,
+    maxPromptTokens: 256,
     maxNewTokens: null,
     denoisingSteps: null,
     canvasLength: null,
