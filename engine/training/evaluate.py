@@ -72,13 +72,14 @@ def held_out_loss(eng: engine.Engine, corpus: Path, batches: int, max_prompt_tok
 
 
 def score_checkpoint(checkpoint: Path, holes, corpus: Path, loss_batches: int, max_prompt_tokens: int,
-                     seed: int = 0) -> HeldOutScore:
+                     seed: int = 0, **generation_overrides) -> HeldOutScore:
     eng = engine.load(checkpoint, device="cpu")
     started = time.perf_counter()
     hits: dict[str, list[bool]] = {}
     similarities = []
     for index, hole in enumerate(holes):
-        middle = eng.infill(hole.prefix[-PREFIX_CHARS:], hole.suffix[:SUFFIX_CHARS], seed=seed + index).middle
+        middle = eng.infill(hole.prefix[-PREFIX_CHARS:], hole.suffix[:SUFFIX_CHARS], seed=seed + index,
+                            **generation_overrides).middle
         hits.setdefault(hole.kind, []).append(exact_match(middle, hole.middle))
         similarities.append(edit_similarity(middle, hole.middle))
     every = [hit for kind in hits.values() for hit in kind]
