@@ -25,30 +25,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from lsp_server.context import ContextBudget, build_context  # noqa: E402
 from lsp_server.documents import Document  # noqa: E402
 from lsp_server.languages import language_for  # noqa: E402
+from fixtures.support import large_python_source  # noqa: E402  (the 20,000-line file the tests use)
 
 FIXTURES = ROOT / "tests" / "fixtures"
 TARGET_LINES = 20_000
-
-
-def generated_python_module(min_lines: int) -> str:
-    """The sample module followed by renamed copies of its definitions, up to ``min_lines`` lines."""
-    text = (FIXTURES / "sample.py").read_text(encoding="utf-8")
-    body = "LOGGER" + text.partition("\nLOGGER")[2]
-    parts, lines, copy = [text], text.count("\n"), 0
-    while lines < min_lines:
-        copy += 1
-        renamed = (
-            body.replace("Inventory", f"Inventory{copy}")
-            .replace("class Item", f"class Item{copy}")
-            .replace("restock_report", f"restock_report_{copy}")
-        )
-        parts.append("\n" + renamed)
-        lines += renamed.count("\n") + 1
-    return "".join(parts)
 
 
 def trained_tokenizer(text: str) -> Tokenizer:
@@ -79,7 +64,7 @@ def main() -> None:
     if args.file:
         text, uri = args.file.read_text(encoding="utf-8"), args.file.resolve().as_uri()
     else:
-        text, uri = generated_python_module(TARGET_LINES), "file:///bench/generated.py"
+        text, uri = large_python_source(TARGET_LINES), "file:///bench/generated.py"
     tokenizer = Tokenizer.from_file(str(args.tokenizer)) if args.tokenizer else trained_tokenizer(text)
 
     def count_tokens(piece: str) -> int:

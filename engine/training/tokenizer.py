@@ -105,15 +105,6 @@ def _corpus_texts(corpus_dir: Path, split: str, max_bytes: int | None) -> Iterat
             yield text
 
 
-def _corpus_texts_by_language(corpus_dir: Path, split: str) -> dict[str, list[str]]:
-    by_language: dict[str, list[str]] = {}
-    with (corpus_dir / f"{split}.jsonl").open(encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            by_language.setdefault(record["language"], []).append(record["text"])
-    return by_language
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.training.tokenizer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - started:.0f} s -> {arguments.out}")
     else:
         tokenizer = load_tokenizer(arguments.tokenizer)
-    for language, texts in sorted(_corpus_texts_by_language(arguments.corpus, "heldout").items()):
+    from engine.training.corpus import load_documents  # the corpus builder's imports stay out of the engine's path
+
+    by_language: dict[str, list[str]] = {}
+    for document in load_documents(arguments.corpus, "heldout"):
+        by_language.setdefault(document.language, []).append(document.text)
+    for language, texts in sorted(by_language.items()):
         print(f"held-out {language:<11} {len(texts):>5} files  {bytes_per_token(tokenizer, texts):.2f} bytes/token")
     return 0
 
