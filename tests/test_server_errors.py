@@ -133,10 +133,18 @@ async def test_model_that_does_not_load_then_one_that_does(checkpoint, tmp_path)
     await stop_client(client)
 
 
-@pytest.mark.skipif(engine.engine.EMBEDDED_MODEL_DIR.exists(), reason="the embedded model is installed")
-async def test_missing_embedded_model_is_reported():
-    client = await start_client(None, wait_for="error")  # no --model: the embedded one
-    (error,) = [s for s in client.statuses if s["state"] == "error"]
-    assert "embedded model is not installed" in error["message"] and "--model PATH" in error["message"]
-    assert "embedded model is not installed" in client.messages[0].message
+async def test_default_model_is_the_packaged_embedded_one():
+    client = await start_client(None)  # no --model: the embedded one
+    (ready,) = [s for s in client.statuses if s["state"] == "ready"]
+    assert ready["model"] == "embedded" and "embedded_model" in ready["message"]
+    uri = "file:///default_model.py"
+    open_document(client, uri, SOURCE)
+    await inline(client, uri, 3, len(LINE))  # answers (with whatever the small model makes of it)
+    assert (await stats(client))["modelRuns"] == 1
     await stop_client(client)
+
+
+async def test_missing_embedded_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(engine.engine, "EMBEDDED_MODEL_DIR", tmp_path / "embedded_model")
+    with pytest.raises(engine.CheckpointError, match=r"embedded model is not installed.*--model PATH"):
+        engine.resolve_model_path("embedded")
