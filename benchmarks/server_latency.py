@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
-from context_bench import generated_python_module  # noqa: E402
+from fixtures.support import large_python_source  # noqa: E402  (the tests' realistic module generator)
 from lsp_server.stats import percentile  # noqa: E402
 from lsp_support import edit, inline, open_document, start_client, stats, stop_client  # noqa: E402
 
@@ -49,7 +49,7 @@ async def timed_inline(client, line: int, character: int) -> tuple[float, str | 
 
 
 async def measure(args: argparse.Namespace) -> None:
-    text = args.file.read_text(encoding="utf-8") if args.file else generated_python_module(LINES)
+    text = args.file.read_text(encoding="utf-8") if args.file else large_python_source(LINES)
     lines = text.split("\n")[: None if args.file else LINES]
     code_lines = [i for i, line in enumerate(lines) if line.strip() and not line.rstrip().endswith(":")]
     chosen = random.Random(args.seed).sample(code_lines, args.runs + 1)

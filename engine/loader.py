@@ -173,4 +173,5 @@ def build_model(config: ModelConfig, directory: Path, dtype: torch.dtype, device
         raise CheckpointError(str(exc)) from None
     # Buffers that are not in the checkpoint (RoPE tables) must be rebuilt on the real device.
     model.rotary = type(model.rotary)(config).to(device)
+    model.fuse_projections()
     return model.eval()

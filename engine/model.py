@@ -45,7 +45,7 @@ def rope_inverse_frequencies(config: ModelConfig, layer_type: str, head_dim: int
 
 
 class Rotary(nn.Module):
-    """cos/sin tables per layer type, computed in fp32 and cast to the activation dtype."""
+    """(cos, signed sin) tables per layer type (see `apply_rope`), computed in fp32, cast to the activation dtype."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -63,7 +63,9 @@ class Rotary(nn.Module):
             freqs = positions[..., None].float() * inv_freq
             angles = torch.cat((freqs, freqs), dim=-1)
             angles = angles[None, None] if positions.dim() == 1 else angles[:, None]  # [B or 1, 1, T, D]
-            tables[layer_type] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            sin = angles.sin().to(dtype)
+            half = sin.shape[-1] // 2
+            tables[layer_type] = (angles.cos().to(dtype), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1))
         return tables
 
 
@@ -96,12 +98,14 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.eps = config.rms_norm_eps
+        self.qkv = FusedLinear(self.q_proj, self.k_proj, *([self.v_proj] if self.v_proj else []))
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         batch, length, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(batch, length, self.num_heads, self.head_dim)).transpose(1, 2)
-        k_raw = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
-        v_raw = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim) if self.v_proj else k_raw
+        q, k_raw, *v_raw = self.qkv(x)
+        q = self.q_norm(q.view(batch, length, self.num_heads, self.head_dim)).transpose(1, 2)
+        k_raw = k_raw.view(batch, length, self.num_kv_heads, self.head_dim)
+        v_raw = v_raw[0].view(batch, length, self.num_kv_heads, self.head_dim) if v_raw else k_raw
         k = self.k_norm(k_raw).transpose(1, 2)
         v = rms_norm(v_raw, None, self.eps).transpose(1, 2)  # scale-free V-norm
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
@@ -111,15 +115,46 @@ class Attention(nn.Module):
         return self.o_proj(attended.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
 
 
+class FusedLinear:
+    """Several bias-free projections of the same input, run as one matmul once `fuse()` has been called.
+
+    `fuse()` (inference only) moves the weights into one `[sum(out), in]` matrix and leaves each `nn.Linear` with a
+    view of its rows, so checkpoints and state dicts are unchanged. The fused product gives the same bits as the
+    separate ones (each output is the same dot product over the same inputs; checked by the exactness tests) and
+    saves a matmul dispatch and a pass over the input per extra projection. Unfused (training) it calls each layer.
+    """
+
+    def __init__(self, *linears: nn.Linear):
+        self.linears = linears
+        self.weight: torch.Tensor | None = None
+        self.sizes = [linear.out_features for linear in linears]
+
+    def fuse(self) -> None:
+        self.weight = torch.cat([linear.weight.detach() for linear in self.linears])
+        for linear, rows in zip(self.linears, self.weight.split(self.sizes)):
+            linear.weight = nn.Parameter(rows, requires_grad=False)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.weight is None:
+            return tuple(linear(x) for linear in self.linears)
+        return F.linear(x, self.weight).split(self.sizes, dim=-1)
+
+
 class DenseMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up = FusedLinear(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        return geglu(self.gate_up, self.down_proj, x)
+
+
+def geglu(gate_up: FusedLinear, down_proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up(x)
+    return down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class Router(nn.Module):
@@ -206,6 +241,9 @@ class DiffusionGemma(nn.Module):
                 "down_proj": nn.Linear(config.intermediate_size, hidden, bias=False),
             }
         )
+        self.self_conditioning_gate_up = FusedLinear(
+            self.self_conditioning["gate_proj"], self.self_conditioning["up_proj"]
+        )
         self.rotary = Rotary(config)
         self.embed_scale = math.sqrt(hidden)
         self.window = config.sliding_window
@@ -279,8 +317,7 @@ class DiffusionGemma(nn.Module):
             if sc_mask is not None:  # training: examples without self-conditioning get a zero signal
                 soft = soft * sc_mask.to(soft.dtype)[:, None, None]
             sc = self.self_conditioning
-            normed = sc["pre_norm"](soft)
-            e = e + sc["down_proj"](F.gelu(sc["gate_proj"](normed), approximate="tanh") * sc["up_proj"](normed))
+            e = e + geglu(self.self_conditioning_gate_up, sc["down_proj"], sc["pre_norm"](soft))
         # Without a signal the MLP's output is exactly 0, so it is skipped; the scale-free post-norm always applies.
         return rms_norm(e, None, self.config.rms_norm_eps)
 
@@ -317,6 +354,14 @@ class DiffusionGemma(nn.Module):
     def canvas_rotary(self, start: int, length: int, device: torch.device):
         positions = torch.arange(start, start + length, device=device)
         return self.rotary(positions, self.embed_tokens.weight.dtype)
+
+    def fuse_projections(self) -> None:
+        """Inference: run projections that read the same input as one matmul each (see `FusedLinear`)."""
+        fused = [self.self_conditioning_gate_up]
+        for layer in self.layers:
+            fused += [layer.self_attn.qkv, layer.mlp.gate_up]
+        for projections in fused:
+            projections.fuse()
 
     def cache_geometries(self) -> list[tuple[int, int]]:
         return [(layer.self_attn.num_kv_heads, layer.self_attn.head_dim) for layer in self.layers]
