@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import FULL, ModelConfig
-from engine.kernels import apply_rope, attention, moe_experts, rms_norm
+from engine.kernels import apply_rope, attention, moe_experts, rms_norm, scale_unit, unit_rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -102,12 +102,14 @@ class Attention(nn.Module):
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         batch, length, _ = x.shape
-        q, k_raw, *v_raw = self.qkv(x)
-        q = self.q_norm(q.view(batch, length, self.num_heads, self.head_dim)).transpose(1, 2)
-        k_raw = k_raw.view(batch, length, self.num_kv_heads, self.head_dim)
-        v_raw = v_raw[0].view(batch, length, self.num_kv_heads, self.head_dim) if v_raw else k_raw
-        k = self.k_norm(k_raw).transpose(1, 2)
-        v = rms_norm(v_raw, None, self.eps).transpose(1, 2)  # scale-free V-norm
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        # Every head of q, k and v is RMS-normed over head_dim: one norm over all of them, then the q and k weights.
+        unit = unit_rms_norm(self.qkv(x).view(batch, length, -1, self.head_dim), self.eps)
+        q = scale_unit(unit[:, :, :heads], self.q_norm.weight, x.dtype).transpose(1, 2)
+        k = scale_unit(unit[:, :, heads : heads + kv_heads], self.k_norm.weight, x.dtype).transpose(1, 2)
+        # The V-norm is scale-free; full-attention layers have no v_proj and use the raw K projection as V.
+        v = unit[:, :, heads + kv_heads :] if self.v_proj is not None else unit[:, :, heads:]
+        v = v.to(x.dtype).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def output(self, attended: torch.Tensor) -> torch.Tensor:
@@ -134,10 +136,11 @@ class FusedLinear:
         for linear, rows in zip(self.linears, self.weight.split(self.sizes)):
             linear.weight = nn.Parameter(rows, requires_grad=False)
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The projections side by side along the last axis."""
         if self.weight is None:
-            return tuple(linear(x) for linear in self.linears)
-        return F.linear(x, self.weight).split(self.sizes, dim=-1)
+            return torch.cat([linear(x) for linear in self.linears], dim=-1)
+        return F.linear(x, self.weight)
 
 
 class DenseMLP(nn.Module):
@@ -153,7 +156,7 @@ class DenseMLP(nn.Module):
 
 
 def geglu(gate_up: FusedLinear, down_proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up(x)
+    gate, up = gate_up(x).chunk(2, dim=-1)
     return down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
@@ -166,11 +169,11 @@ class Router(nn.Module):
         self.scale = nn.Parameter(torch.ones(config.hidden_size))
         self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
         self.top_k = config.top_k_experts
-        self.eps = config.rms_norm_eps
         self.root_size = config.hidden_size**-0.5
 
-    def forward(self, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = rms_norm(residual, None, self.eps) * self.scale * self.root_size
+    def forward(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`normed`: the scale-free RMS norm of the residual (shared with the layer's feed-forward norms)."""
+        z = normed * self.scale * self.root_size
         probabilities = F.softmax(self.proj(z), dim=-1, dtype=torch.float32)
         weights, index = torch.topk(probabilities, k=self.top_k, dim=-1)
         weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -193,6 +196,7 @@ class Layer(nn.Module):
         super().__init__()
         hidden, eps = config.hidden_size, config.rms_norm_eps
         self.index = index
+        self.eps = eps
         self.self_attn = Attention(config, index)
         self.mlp = DenseMLP(hidden, config.intermediate_size)
         self.router = Router(config)
@@ -211,11 +215,15 @@ class Layer(nn.Module):
         self.register_buffer("decoder_layer_scalar", torch.ones(1))
 
     def feed_forward(self, a: torch.Tensor, layer_scalar: torch.Tensor) -> torch.Tensor:
-        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(a)))
-        flat = a.reshape(-1, a.shape[-1])
-        weights, index = self.router(flat)  # the router reads the un-normed residual
-        routed = self.experts(self.pre_feedforward_layernorm_2(flat), weights, index).reshape(a.shape)
-        routed = self.post_feedforward_layernorm_2(routed)
+        # The dense branch, the router and the experts each RMS-norm the residual `a`: normalise once, then apply
+        # each one's weight (the router's norm has none).
+        unit = unit_rms_norm(a, self.eps)
+        dense_input = scale_unit(unit, self.pre_feedforward_layernorm.weight, a.dtype)
+        dense = self.post_feedforward_layernorm_1(self.mlp(dense_input))
+        flat = unit.reshape(-1, a.shape[-1])
+        weights, index = self.router(flat.to(a.dtype))
+        experts_input = scale_unit(flat, self.pre_feedforward_layernorm_2.weight, a.dtype)
+        routed = self.post_feedforward_layernorm_2(self.experts(experts_input, weights, index).reshape(a.shape))
         return (a + self.post_feedforward_layernorm(dense + routed)) * layer_scalar
 
 
