@@ -18,31 +18,29 @@ def moe_experts(
     (no Python loop over tokens); contributions are weighted and summed over K in fp32.
     """
     num_tokens, top_k = top_k_index.shape
-    experts = gate_up_proj.shape[0]
     sorted_experts, order = torch.sort(top_k_index.reshape(-1))
     rows = x[order // top_k]
-    counts = torch.bincount(sorted_experts, minlength=experts)
-    hidden = _grouped_linear(rows, gate_up_proj, counts)
-    gate, up = hidden.chunk(2, dim=-1)
-    out = _grouped_linear(F.gelu(gate, approximate="tanh") * up, down_proj, counts)
-    weighted = out * top_k_weights.reshape(-1)[order].unsqueeze(-1)
-    unsorted = torch.empty_like(weighted)
-    unsorted[order] = weighted
+    group_ends = torch.bincount(sorted_experts, minlength=gate_up_proj.shape[0]).cumsum(0, dtype=torch.int32)
+    gate, up = _grouped_linear(rows, gate_up_proj, group_ends).chunk(2, dim=-1)
+    out = _grouped_linear(F.gelu(gate, approximate="tanh") * up, down_proj, group_ends)
+    weighted = out * top_k_weights.reshape(-1)[order, None]
+    unsorted = torch.empty_like(weighted).index_copy_(0, order, weighted)
     return unsorted.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)
 
 
-def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """rows (sorted by expert, counts[e] rows for expert e) times weight[e]^T."""
-    weight = weight.to(rows.dtype)
+def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.Tensor) -> torch.Tensor:
+    """rows (sorted by expert; expert e's rows end at group_ends[e]) times weight[e]^T."""
+    if weight.dtype != rows.dtype:
+        weight = weight.to(rows.dtype)
     if _grouped_mm is not None:
         try:
-            return _grouped_mm(rows, weight.transpose(-2, -1), offs=torch.cumsum(counts, 0, dtype=torch.int32))
+            return _grouped_mm(rows, weight.transpose(-2, -1), offs=group_ends)
         except RuntimeError:
             pass  # dtype/device combinations the native kernel does not cover
     out = rows.new_empty(rows.shape[0], weight.shape[1])
     start = 0
-    for expert, count in enumerate(counts.tolist()):
-        if count:
-            out[start : start + count] = F.linear(rows[start : start + count], weight[expert])
-            start += count
+    for expert, end in enumerate(group_ends.tolist()):
+        if end > start:
+            out[start:end] = F.linear(rows[start:end], weight[expert])
+        start = end
     return out
