@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,14 +40,19 @@ CONFIGS = {
 }
 
 
-def median_seconds(run, repeats: int) -> tuple[float, object]:
-    run()  # warm-up: first calls pay for allocation and kernel selection
-    times, result = [], None
+def interleaved_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[list[float], object]]:
+    """Time each run `repeats` times, alternating between them, so that both see the same machine (other load on a
+    shared CPU comes and goes over seconds; timing one side after the other would charge it to one of them)."""
+    for run in runs.values():
+        run()  # warm-up: first calls pay for allocation and kernel selection
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, object] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        for name, run in runs.items():
+            started = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - started)
+    return {name: (times[name], results[name]) for name in runs}
 
 
 def bench(name: str, spec: dict, repeats: int, seed: int) -> float:
@@ -68,13 +74,16 @@ def bench(name: str, spec: dict, repeats: int, seed: int) -> float:
         ours._prefix_cache = None  # time a cold request: the prompt is encoded every time, as the reference does
         return ours.generate(ids[0].tolist(), max_new_tokens=max_new, seed=seed).tokens
 
-    reference_time, reference_tokens = median_seconds(run_reference, repeats)
-    our_time, our_tokens = median_seconds(run_ours, repeats)
+    timed = interleaved_seconds({"reference": run_reference, "ours": run_ours}, repeats)
+    (reference_times, reference_tokens), (our_times, our_tokens) = timed["reference"], timed["ours"]
     identical = reference_tokens == our_tokens
+    reference_time, our_time = statistics.median(reference_times), statistics.median(our_times)
     ratio = reference_time / our_time
+    pair_ratios = sorted(r / o for r, o in zip(reference_times, our_times))
     print(f"{name:5s} params={parameters / 1e6:6.2f}M prompt={ids.shape[1]} canvas={spec['canvas_length']} "
           f"transformers={reference_time * 1000:8.1f} ms  engine={our_time * 1000:8.1f} ms  "
-          f"speedup={ratio:5.2f}x  tokens_identical={identical}")
+          f"speedup={ratio:5.2f}x (per-pair min {pair_ratios[0]:.2f} max {pair_ratios[-1]:.2f})  "
+          f"tokens_identical={identical}")
     if not identical:
         raise SystemExit(f"{name}: tokens differ from the reference")
     return ratio
