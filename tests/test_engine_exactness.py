@@ -89,6 +89,19 @@ def test_forward_logits_match(tmp_path, self_conditioning):
         assert (ours - theirs).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("length", [1, 2, 3, 4])
+def test_logits_are_bitwise_equal_for_prompts_of_a_few_tokens(tmp_path, length):
+    """A prompt of fewer than four tokens takes other matmul and attention code paths; the bits must still agree
+    (at 64-dimensional heads, attention over 2-3 queries once differed by an ulp, enough to change tokens)."""
+    wide_heads = text_config(hidden_size=128, intermediate_size=256, head_dim=64, global_head_dim=64)
+    reference, eng = reference_and_engine(tmp_path, text=wide_heads)
+    ids = prompt(batch=1, length=length)
+    canvas = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = reference_logits(reference, ids, [canvas])
+    assert torch.equal(engine_logits(eng, ids, [canvas])[0], expected[0])
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_generate_matches_over_several_canvases(tmp_path, seed):
     """3 sliding + 1 full layers, prompt longer than the window, top-2 of 4 experts, 3 canvases, batch of 2."""
