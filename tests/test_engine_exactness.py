@@ -102,6 +102,25 @@ def test_logits_are_bitwise_equal_for_prompts_of_a_few_tokens(tmp_path, length):
     assert torch.equal(engine_logits(eng, ids, [canvas])[0], expected[0])
 
 
+def test_reused_prompt_prefix_matches_the_reference_continuing_that_cache(tmp_path):
+    """A prompt that extends the previous one re-encodes only its new tokens: the reference's equivalent is
+    `generate` on those tokens with the prefix's cache passed in (chunked encoding routes tokens to experts in other
+    groups, so it is not bitwise the one-shot encode)."""
+    reference, eng = reference_and_engine(tmp_path)
+    prefix, tail = prompt(batch=1)[0].tolist(), [7, 8, 9]
+    eng.generate(prefix, max_new_tokens=8, seed=0)
+    ours = eng.generate(prefix + tail, max_new_tokens=16, seed=3)
+    assert ours.encoded_prompt_tokens == len(tail)
+    cache = DynamicCache(config=reference.config.get_text_config(decoder=True))
+    with torch.no_grad():
+        reference(input_ids=torch.tensor([prefix]), past_key_values=cache,
+                  decoder_input_ids=torch.zeros(1, 8, dtype=torch.long))  # the encoder fills the cache
+        torch.manual_seed(3)
+        expected = reference.generate(torch.tensor([tail]), past_key_values=cache, max_new_tokens=16)
+    assert ours.tokens == expected.sequences[0, len(tail):].tolist()
+    assert ours.tokens_per_forward == expected.tokens_per_forward.item()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_generate_matches_over_several_canvases(tmp_path, seed):
     """3 sliding + 1 full layers, prompt longer than the window, top-2 of 4 experts, 3 canvases, batch of 2."""
