@@ -122,7 +122,7 @@ class FusedLinear:
 
     `fuse()` (inference only) moves the weights into one `[sum(out), in]` matrix and leaves each `nn.Linear` with a
     view of its rows, so checkpoints and state dicts are unchanged. The fused product gives the same bits as the
-    separate ones (each output is the same dot product over the same inputs; checked by the exactness tests) and
+    separate ones (each output is the same dot product over the same inputs; tests/test_engine_kernels.py) and
     saves a matmul dispatch and a pass over the input per extra projection. Unfused (training) it calls each layer.
     """
 

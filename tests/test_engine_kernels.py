@@ -69,7 +69,7 @@ def test_rolled_rope_with_signed_sine_matches_rotate_half():
     assert torch.equal(apply_rope(x, cos, signed_sin), reference_rope(x, cos, sin))
 
 
-@pytest.mark.parametrize("rows", [4, 8, 32, 300])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 8, 32, 300])
 def test_fused_projections_match_separate_ones(rows):
     torch.manual_seed(3)
     linears = [nn.Linear(256, out, bias=False) for out in (256, 128, 128)]
