@@ -83,8 +83,10 @@ def test_fused_projections_match_separate_ones(rows):
     assert all(linear.weight.untyped_storage().data_ptr() == storage for linear in linears)
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "queries", "keys", "head_dim"),
-                         [(4, 2, 1, 1, 64), (4, 2, 3, 3, 64), (4, 1, 2, 40, 128), (4, 2, 8, 29, 16), (8, 2, 64, 64, 64)])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "queries", "keys", "head_dim"),
+    [(4, 2, 1, 1, 64), (4, 2, 3, 3, 64), (4, 1, 2, 40, 128), (4, 2, 8, 29, 16), (8, 2, 64, 64, 64)],
+)
 def test_grouped_attention_matches_repeated_kv_heads(heads, kv_heads, queries, keys, head_dim):
     generator = torch.Generator().manual_seed(4)
     q = torch.randn(2, heads, queries, head_dim, generator=generator)
