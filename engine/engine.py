@@ -37,6 +37,11 @@ class GenerationResult:
     decoder_time_s: float
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware; elsewhere oneDNN emulates it, slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,14 +52,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None: float32 on the CPU (the reference's exact numbers), bfloat16 on CUDA. "auto": the fastest dtype the
+    device multiplies natively, bfloat16 on CUDA and on CPUs with bf16 instructions (AVX512-BF16, AMX), else float32.
+    """
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_native_bfloat16() else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)} or auto") from None
 
 
 class Engine:

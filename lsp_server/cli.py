@@ -7,9 +7,8 @@ import logging
 from collections.abc import Sequence
 
 from engine import EMBEDDED_MODEL
-from engine.engine import DTYPES
 from lsp_server.server import SERVER, VERSION
-from lsp_server.settings import apply_changes
+from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, apply_changes
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -33,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=EMBEDDED_MODEL,
                         help=f"checkpoint directory, or {EMBEDDED_MODEL!r} for the packaged model (default)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="weights and activations (default: float32 on the CPU, bfloat16 on CUDA)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--log-file", help="write the server log here (default: stderr; stdout carries LSP)")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--version", action="version", version=f"diffgemma-lsp {VERSION}")

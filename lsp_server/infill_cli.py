@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine import EMBEDDED_MODEL, CanvasText
-from engine.engine import DTYPES
 from lsp_server.documents import Document
 from lsp_server.pipeline import Completion, InfillPipeline, load_engine
 from lsp_server.positions import PositionEncoding, PositionError
-from lsp_server.settings import Settings, apply_changes
+from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, Settings, apply_changes
 
 
 class CanvasView:
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=EMBEDDED_MODEL,
                         help=f"checkpoint directory, or {EMBEDDED_MODEL!r} for the packaged model (default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--candidates", type=int, default=1, help="canvases sampled as one batch, then ranked")
     parser.add_argument("--seed", type=int, default=None, help="make the sampling reproducible")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per canvas (default: checkpoint's)")

@@ -24,7 +24,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 class Settings:
     model: str = EMBEDDED_MODEL  # checkpoint directory, or "embedded"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str | None = None  # None: float32 on the CPU, bfloat16 on CUDA
+    dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32
     canvas_length: int | None = None  # tokens per denoised block; None: the checkpoint's
     max_prompt_tokens: int = 256  # prefix + suffix + other-file snippets; the embedded model trains on 256-token prompts (raise for larger checkpoints)
     max_new_tokens: int | None = None  # None: one canvas
@@ -41,6 +41,9 @@ class Settings:
     def language_enabled(self, *names: str | None) -> bool:
         return "*" in self.enabled_languages or any(name in self.enabled_languages for name in names if name)
 
+
+DTYPE_CHOICES = ("auto", *sorted(DTYPES))
+DTYPE_HELP = "weights and activations (default auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32)"
 
 # Settings read when the model is loaded: changing one reloads it.
 LOAD_FIELDS = frozenset({"model", "device", "dtype", "canvas_length"})
@@ -82,10 +85,10 @@ def _check_device(value: Any) -> str:
     return value
 
 
-def _check_dtype(value: Any) -> str | None:
-    if value is None or value == "auto":
-        return None
-    if value not in DTYPES:
+def _check_dtype(value: Any) -> str:
+    if value is None:  # what older clients sent for "the default"
+        return "auto"
+    if value != "auto" and value not in DTYPES:
         raise ValueError(f"expected one of {', '.join(sorted(DTYPES))} or auto, got {value!r}")
     return value
 

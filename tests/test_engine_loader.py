@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -111,6 +112,20 @@ def test_bf16_load_casts_every_weight(checkpoint):
             logits.append(eng.model.decode(torch.arange(8)[None], cache.length, cache, None))
     assert logits[1].dtype == torch.float32
     assert (logits[0] - logits[1]).abs().max() < 0.25  # bf16 noise, not a different model
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_multiplies_it_natively(checkpoint):
+    from engine.engine import cpu_has_native_bfloat16
+
+    native = cpu_has_native_bfloat16()
+    flags = open("/proc/cpuinfo").read().split() if sys.platform == "linux" else None
+    if flags is not None:  # the kernel's view of the same instructions
+        assert native == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    expected = torch.bfloat16 if native else torch.float32
+    assert engine.load(checkpoint, device="cpu", dtype="auto").dtype == expected
+    assert engine.load(checkpoint, device="cpu").dtype == torch.float32  # the default stays the exact one
+    with pytest.raises(ValueError, match="or auto"):
+        engine.load(checkpoint, device="cpu", dtype="int8")
 
 
 def test_vision_tensors_are_never_read(checkpoint):

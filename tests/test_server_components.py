@@ -17,7 +17,7 @@ from lsp_server.settings import Settings, apply_changes
 def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
     wire = Settings().to_wire()
     assert wire == {
-        "model": "embedded", "device": "auto", "dtype": None, "canvasLength": None, "maxPromptTokens": 256,
+        "model": "embedded", "device": "auto", "dtype": "auto", "canvasLength": None, "maxPromptTokens": 256,
         "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "enabledLanguages": ["*"],
         "cacheSize": 256, "canvasNotifications": True,
     }
@@ -25,10 +25,11 @@ def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
 
 
 def test_settings_changes_flat_or_under_the_section():
-    flat, problems = apply_changes(Settings(), {"candidates": 3, "dtype": "auto", "enabledLanguages": ["python"]})
-    sectioned, _ = apply_changes(Settings(), {"diffgemma": {"candidates": 3, "enabledLanguages": ["python"]}})
+    flat, problems = apply_changes(Settings(), {"candidates": 3, "dtype": "bf16", "enabledLanguages": ["python"]})
+    sectioned, _ = apply_changes(Settings(), {"diffgemma": {"candidates": 3, "dtype": "bf16", "enabledLanguages": ["python"]}})
     assert problems == [] and flat == sectioned
-    assert flat.candidates == 3 and flat.dtype is None
+    assert flat.candidates == 3 and flat.dtype == "bf16"
+    assert apply_changes(flat, {"dtype": None})[0].dtype == "auto"  # null means the default
     assert flat.language_enabled("python") and not flat.language_enabled("go", "Go")
     assert Settings().language_enabled("anything")
 
