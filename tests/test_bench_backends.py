@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from checkpoints import cached_checkpoint
 from lsp_server.bench import BenchError
 from lsp_server.bench.cli import main
-from lsp_server.bench.completers import CompleterSettings, make_completer
+from lsp_server.bench.completers import CompleterSettings, load_pipeline, make_completer
 from lsp_server.bench.report import RECORDS_FILE, SERVER_LOG_FILE
 from lsp_server.bench.tasks import DEFAULT_DATA_DIR
 
@@ -77,12 +78,19 @@ def test_direct_and_server_back_ends_run_the_same_pipeline(tmp_path, checkpoint)
     assert runs["server"][0]["peak_memory_mb"] is None
 
 
+def test_dtype_option_reaches_the_pipeline(checkpoint):
+    for dtype, expected in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        pipeline, settings = load_pipeline(CompleterSettings(backend="direct", model=checkpoint, seed=0, dtype=dtype))
+        assert settings.dtype == dtype and pipeline.engine.dtype == expected
+
+
 @needs_data
 def test_transformers_baseline_agrees_token_for_token(tmp_path, checkpoint, capsys):
     pytest.importorskip("transformers")
     out = tmp_path / "run"
-    assert main(["--direct", "--model", checkpoint, "--baseline", "transformers", "--task", "single-line",
-                 "--limit", "2", "--seed", "3", *QUIET, "--out", str(out)]) == 0
+    # float32: the engine's exact numbers (the default dtype, auto, may pick bfloat16 on this CPU)
+    assert main(["--direct", "--model", checkpoint, "--dtype", "float32", "--baseline", "transformers",
+                 "--task", "single-line", "--limit", "2", "--seed", "3", *QUIET, "--out", str(out)]) == 0
     baseline = json.loads((out / "summary.json").read_text())["baseline"]
     assert baseline["tasks"] == 2
     assert baseline["token_agreement"] == 1.0 and baseline["mean_token_agreement"] == 1.0

@@ -65,6 +65,7 @@ class CompleterSettings:
     backend: str  # one of BACKENDS
     model: str | None  # checkpoint directory or name (--model); None: the back-end's default
     seed: int  # for back-ends that sample
+    dtype: str = "auto"  # the server setting (auto: bfloat16 where the CPU multiplies it natively)
     server_log: Path | None = None  # the server back-end's log file; None: discarded
 
 
@@ -118,7 +119,8 @@ def load_pipeline(settings: CompleterSettings) -> tuple[InfillPipeline, Settings
     from lsp_server.pipeline import InfillPipeline, load_engine
     from lsp_server.settings import Settings
 
-    server_settings = Settings(seed=settings.seed, **({"model": settings.model} if settings.model else {}))
+    server_settings = Settings(seed=settings.seed, dtype=settings.dtype,
+                               **({"model": settings.model} if settings.model else {}))
     try:
         return InfillPipeline(load_engine(server_settings)), server_settings
     except (engine.CheckpointError, ValueError) as exc:
@@ -216,7 +218,7 @@ class ServerCompleter:
         command = [sys.executable, "-m", "lsp_server", "--stdio", "--log-file", log_file]
         if settings.model:
             command += ["--model", settings.model]
-        options = {"seed": settings.seed, "canvasNotifications": False}
+        options = {"seed": settings.seed, "dtype": settings.dtype, "canvasNotifications": False}
         try:
             try:
                 self._run(self._start(command, options), self.READY_TIMEOUT_S)
