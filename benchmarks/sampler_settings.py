@@ -5,7 +5,9 @@
 Every hole (from the corpus's held-out files, never trained on; see engine.training.evaluate) is completed once per
 (dtype, steps) setting with the same seed, through `Engine.infill` with the server's sampling. Prints each setting's
 mean edit similarity, its paired difference to the first setting and that difference's standard error, and the
-median decoder milliseconds per hole (the prompt's encoding is shared by the settings of one dtype: not counted). Build the corpus first: `python -m engine.training.corpus build --out runs/corpus`.
+median decoder milliseconds per hole (the prompt's encoding is shared by the settings of one dtype: not counted).
+For the first setting it also follows the canvas: how often the text after step k already is the final text, and its
+edit similarity (whether adaptive stopping could end the denoising earlier without changing the answer). Build the corpus first: `python -m engine.training.corpus build --out runs/corpus`.
 """
 
 from __future__ import annotations
@@ -38,15 +40,21 @@ def main() -> None:
     settings = [(dtype, steps) for dtype in args.dtypes for steps in args.steps]
     similarity: dict[tuple[str, int], list[float]] = {setting: [] for setting in settings}
     seconds: dict[tuple[str, int], list[float]] = {setting: [] for setting in settings}
+    baseline = settings[0]
+    canvases: list[list[str]] = []  # the first setting's canvas text after every step, per hole
     for index, hole in enumerate(holes):
         for dtype, steps in settings:
+            texts: list[str] = []
             result = engines[dtype].infill(hole.prefix[-PREFIX_CHARS:], hole.suffix[:SUFFIX_CHARS],
                                            seed=args.seed * 100_000 + index, sampling="fast",
-                                           max_denoising_steps=steps)
+                                           max_denoising_steps=steps,
+                                           on_canvas=(lambda canvas: texts.append(canvas.text))
+                                           if (dtype, steps) == baseline else None)
             seconds[dtype, steps].append(result.generation.decoder_time_s)
             similarity[dtype, steps].append(edit_similarity(result.candidates[0].text, hole.middle))
+            if texts:
+                canvases.append(texts)
 
-    baseline = settings[0]
     print(f"{path.name}: {len(holes)} held-out holes, seed {args.seed}; paired differences against "
           f"{baseline[0]} / {baseline[1]} steps\n")
     print("| dtype    | steps | edit similarity | difference | std. error | decoder ms |")
@@ -57,6 +65,16 @@ def main() -> None:
         print(f"| {setting[0]:<8} | {setting[1]:>5} | {statistics.fmean(similarity[setting]):>15.4f} "
               f"| {statistics.fmean(differences):>+10.4f} | {error:>10.4f} "
               f"| {statistics.median(seconds[setting]) * 1000:>10.1f} |")
+
+    final_steps = {len(texts) for texts in canvases}
+    if len(final_steps) == 1:  # every canvas ran all its steps: compare step k with the last
+        print(f"\n{baseline[0]} / {baseline[1]} steps, the canvas after step k:\n")
+        print("| step | is the final text | edit similarity |")
+        print("|-----:|------------------:|----------------:|")
+        for step in range(final_steps.pop()):
+            final = statistics.fmean(texts[step] == texts[-1] for texts in canvases)
+            similar = statistics.fmean(edit_similarity(texts[step], hole.middle) for texts, hole in zip(canvases, holes))
+            print(f"| {step + 1:>4} | {final:>17.2f} | {similar:>15.4f} |")
 
 
 if __name__ == "__main__":
