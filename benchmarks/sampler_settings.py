@@ -66,15 +66,17 @@ def main() -> None:
               f"| {statistics.fmean(differences):>+10.4f} | {error:>10.4f} "
               f"| {statistics.median(seconds[setting]) * 1000:>10.1f} |")
 
-    final_steps = {len(texts) for texts in canvases}
-    if len(final_steps) == 1:  # every canvas ran all its steps: compare step k with the last
-        print(f"\n{baseline[0]} / {baseline[1]} steps, the canvas after step k:\n")
-        print("| step | is the final text | edit similarity |")
-        print("|-----:|------------------:|----------------:|")
-        for step in range(final_steps.pop()):
-            final = statistics.fmean(texts[step] == texts[-1] for texts in canvases)
-            similar = statistics.fmean(edit_similarity(texts[step], hole.middle) for texts, hole in zip(canvases, holes))
-            print(f"| {step + 1:>4} | {final:>17.2f} | {similar:>15.4f} |")
+    steps = baseline[1]
+    stopped = sum(len(texts) < steps for texts in canvases)
+    # A canvas that stopped early keeps its text for the remaining steps.
+    canvases = [texts + texts[-1:] * (steps - len(texts)) for texts in canvases]
+    print(f"\n{baseline[0]} / {steps} steps, the canvas after step k ({stopped} of {len(canvases)} stopped early):\n")
+    print("| step | is the final text | edit similarity |")
+    print("|-----:|------------------:|----------------:|")
+    for step in range(steps):
+        final = statistics.fmean(texts[step] == texts[-1] for texts in canvases)
+        similar = statistics.fmean(edit_similarity(texts[step], hole.middle) for texts, hole in zip(canvases, holes))
+        print(f"| {step + 1:>4} | {final:>17.2f} | {similar:>15.4f} |")
 
 
 if __name__ == "__main__":
