@@ -256,7 +256,7 @@ class DiffgemmaServer(LanguageServer):
         old, self.settings = self.settings, new
         changed = {name for name in vars(new) if getattr(old, name) != getattr(new, name)}
         self.results.resize(new.cache_size)
-        if changed - {"enabled_languages", "cache_size", "canvas_notifications"}:
+        if changed - {"enabled_languages", "cache_size", "canvas_notifications", "threads"}:
             self.results.clear()  # results of other generation settings must not answer for the new ones
             self.typed_ahead = TypedAhead()
         if changed & LOAD_FIELDS:

@@ -31,6 +31,7 @@ class Settings:
     denoising_steps: int | None = None  # per canvas; None: the checkpoint's
     candidates: int = 1  # canvases sampled per request (one batch), ranked
     seed: int | None = None  # None: a fresh seed per request
+    threads: int | None = None  # the model's intra-op threads; None: every usable core but one (at least one)
     enabled_languages: tuple[str, ...] = ("*",)  # LSP languageIds or language names; "*" for all
     cache_size: int = 256  # completion results remembered (LRU)
     canvas_notifications: bool = True  # stream diffgemma/canvas while denoising
@@ -121,6 +122,7 @@ _CHECKS = {
     "denoising_steps": lambda v: _positive_int(v, optional=True),
     "candidates": _positive_int,
     "seed": _check_seed,
+    "threads": lambda v: _positive_int(v, optional=True),
     "enabled_languages": _check_languages,
     "cache_size": _positive_int,
     "canvas_notifications": _check_bool,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
+import torch
 
+from checkpoints import cached_checkpoint
 from lsp_server.completion_cache import ResultCache, TypedAhead
+from lsp_server.documents import Document
+from lsp_server.pipeline import InfillPipeline, intra_op_threads, load_engine
 from lsp_server.scheduler import JobCancelled, Scheduler
 from lsp_server.settings import Settings, apply_changes
 
@@ -18,7 +23,8 @@ def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
     wire = Settings().to_wire()
     assert wire == {
         "model": "embedded", "device": "auto", "dtype": "auto", "canvasLength": None, "maxPromptTokens": 256,
-        "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "enabledLanguages": ["*"],
+        "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "threads": None,
+        "enabledLanguages": ["*"],
         "cacheSize": 256, "canvasNotifications": True,
     }
     assert apply_changes(Settings(), wire) == (Settings(), [])  # the wire form reads back unchanged
@@ -46,6 +52,29 @@ def test_bad_settings_keep_their_previous_value_and_are_reported():
     assert any(problem.startswith("'device': expected auto, cpu, cuda or cuda:N") for problem in problems)
     assert apply_changes(base, ["not", "an", "object"]) == (base, ["settings must be an object, got list"])
     assert apply_changes(base, None) == (base, [])
+
+
+def test_model_threads_leave_a_core_to_the_loop_and_are_set_on_the_thread_that_runs_the_model(tmp_path_factory):
+    usable = len(os.sched_getaffinity(0))
+    assert intra_op_threads(None) == max(1, usable - 1)
+    assert intra_op_threads(3) == 3
+    checkpoint = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant")
+    settings = Settings(model=str(checkpoint), threads=1)
+    pipeline = InfillPipeline(load_engine(settings))
+    document = Document("file:///t.py", "def f():\n    return \n")
+    context = pipeline.context(document, (1, 11), settings, invoked=True)
+    seen = []
+
+    def worker() -> None:
+        torch.set_num_threads(2)
+        pipeline.generate(context, settings)
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1] and torch.get_num_threads() == before  # OpenMP keeps a count per thread
 
 
 # ------------------------------------------------------------------------------------------------- caches

@@ -46,10 +46,12 @@ async def test_storm_only_the_newest_request_gets_an_answer(client):
     asked = time.monotonic()
     during = await stats(client)  # queued behind the whole burst, answered while the last request runs
     answered_in = time.monotonic() - asked
+    model_still_running = not futures[-1].done()
     results = await asyncio.gather(*futures)
     after = await stats(client)
 
-    assert during["status"] == "busy" and answered_in < 0.5
+    # The loop got through the burst and answered without waiting for the model (a run here takes ~1 s).
+    assert during["status"] == "busy" and model_still_running and answered_in < 2.0
     assert [len(result.items) for result in results] == [0] * 49 + [1]
     assert results[-1].items[0].insert_text == LINE + "y" * 50 + "x" * 64
     assert after["requests"] - before["requests"] == 50

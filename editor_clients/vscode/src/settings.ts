@@ -28,6 +28,7 @@ export interface ServerSettings {
   maxNewTokens: number | null;
   denoisingSteps: number | null;
   canvasLength: number | null;
+  threads: number | null;
   canvasNotifications: boolean;
 }
 
@@ -47,6 +48,7 @@ export const SERVER_SETTINGS = [
   'maxNewTokens',
   'denoisingSteps',
   'canvasLength',
+  'threads',
   'showDenoisingCanvas',
 ] as const;
 
@@ -68,6 +70,7 @@ export function serverSettings(config: ConfigurationReader): ServerSettings {
     maxNewTokens: config.get<number | null>('maxNewTokens') ?? null,
     denoisingSteps: config.get<number | null>('denoisingSteps') ?? null,
     canvasLength: config.get<number | null>('canvasLength') ?? null,
+    threads: config.get<number | null>('threads') ?? null,
     canvasNotifications: config.get<boolean>('showDenoisingCanvas') ?? false,
   };
 }

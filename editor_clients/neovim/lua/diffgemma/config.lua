@@ -31,7 +31,7 @@ M.defaults = {
 -- The server's settings (lsp_server/settings.py), camelCase on the wire.
 M.server_settings = {
   'model', 'device', 'dtype', 'canvasLength', 'maxPromptTokens', 'maxNewTokens', 'denoisingSteps',
-  'candidates', 'seed', 'enabledLanguages', 'cacheSize', 'canvasNotifications',
+  'candidates', 'seed', 'threads', 'enabledLanguages', 'cacheSize', 'canvasNotifications',
 }
 
 -- Sent unless the user sets them: Neovim draws no denoising preview, so the server need not stream canvases.

@@ -49,6 +49,7 @@ test('zero configuration: diffgemma-lsp from PATH with the embedded model, the s
     maxNewTokens: null,
     denoisingSteps: null,
     canvasLength: null,
+    threads: null,
     canvasNotifications: false,
   });
   assert.equal(completionsEnabled(reader({})), true);
@@ -66,6 +67,7 @@ test('user settings become the server wire names; dtype auto is sent as null', (
       maxNewTokens: 64,
       denoisingSteps: 12,
       canvasLength: 32,
+      threads: 3,
       showDenoisingCanvas: true,
     }),
   );
@@ -79,6 +81,7 @@ test('user settings become the server wire names; dtype auto is sent as null', (
     maxNewTokens: 64,
     denoisingSteps: 12,
     canvasLength: 32,
+    threads: 3,
     canvasNotifications: true,
   });
   assert.equal(serverSettings(reader({ dtype: 'auto' })).dtype, null);
