@@ -1,6 +1,6 @@
 """Where one request's time goes in the engine: the prompt encoder per token and one denoising step, split.
 
-    OMP_NUM_THREADS=1 python benchmarks/decode_step.py [--model embedded|PATH] [--dtype float32] [--prompt 230]
+    OMP_NUM_THREADS=1 python benchmarks/decode_step.py [--model embedded|PATH] [--dtype auto] [--prompt 230]
 
 A request costs encode(uncached prompt tokens) + steps x decoder step (+ context and post-processing in the server).
 The decoder step is split into the vocabulary-sized products (self-conditioning's softmax(previous logits) @ E and
@@ -38,7 +38,7 @@ def median_ms(run, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto", help="as the server's setting (auto: bf16 where the CPU has it)")
     parser.add_argument("--prompt", type=int, default=230, help="prompt tokens (the server benchmark's are ~230)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
@@ -78,7 +78,7 @@ def main() -> None:
     layers_ms = step_ms - embedding_ms - logits_ms
     steps = generation.max_denoising_steps
     print(f"model: {loaded.path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"{args.dtype}), vocab {vocab}, hidden {config.hidden_size}, {config.num_layers} layers, "
+          f"{str(loaded.dtype).removeprefix('torch.')}), vocab {vocab}, hidden {config.hidden_size}, {config.num_layers} layers, "
           f"canvas {canvas_length}, {steps} steps, threads {torch.get_num_threads()}")
     print(f"encoder: {encode_ms:.1f} ms for {args.prompt} tokens ({encode_ms / args.prompt:.3f} ms per token)")
     print(f"decoder step: {step_ms:.2f} ms = self-conditioned embedding {embedding_ms:.2f} (softmax @ E) "
