@@ -35,7 +35,8 @@ from engine import GenerationConfig, ModelConfig, save_checkpoint  # noqa: E402
 from engine.config import FULL, SLIDING  # noqa: E402
 from engine.model import DiffusionGemma, RMSNorm  # noqa: E402
 from engine.training.tokenizer import DEFAULT_VOCAB_SIZE, EOS_ID, PAD_ID, train_tokenizer  # noqa: E402
-from engine.training.train import TrainSettings, default_generation_config, model_config  # noqa: E402
+from engine.training.objective import TrainSettings, model_config  # noqa: E402
+from engine.training.train import default_generation_config  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOKENIZER_VOCAB = 512
@@ -112,7 +113,7 @@ def build_checkpoint(
     """
     tokenizer = sample_tokenizer()
     if like_embedded:
-        config = model_config(TrainSettings(), model_vocab_size or DEFAULT_VOCAB_SIZE)
+        config = model_config(TrainSettings(canvas_length=16), model_vocab_size or DEFAULT_VOCAB_SIZE)
         generation = default_generation_config(config.canvas_length)
     else:
         config = tiny_config(model_vocab_size or tokenizer.get_vocab_size(), canvas_length, num_layers, hidden_size)

@@ -15,14 +15,9 @@ from engine.model import DiffusionGemma
 from engine.training import evaluate
 from engine.training.fim import FimBatchStream
 from engine.training.tokenizer import train_tokenizer
-from engine.training.train import (
-    TrainingStore,
-    TrainSettings,
-    initialise,
-    model_config,
-    train,
-    training_loss,
-)
+from engine.training.objective import TrainingStore, TrainSettings, initialise, model_config, training_loss
+from engine.training.train import main as train_main
+from engine.training.train import train
 
 SOURCE = Path(__file__).parent / "fixtures"
 
@@ -114,31 +109,43 @@ def test_trained_weights_decode_the_same_in_the_engine(tokenizer, tmp_path):
     assert (served - trained).abs().max() < 1e-4
 
 
-def test_cli_trains_resumes_and_exports_a_loadable_checkpoint(tokenizer, corpus_texts, tmp_path):
+def write_corpus(tmp_path, corpus_texts) -> Path:
     corpus = tmp_path / "corpus"
-    corpus.mkdir()
+    corpus.mkdir(exist_ok=True)
     for split in ("train", "heldout"):
         (corpus / f"{split}.jsonl").write_text("".join(
             json.dumps({"path": f"{split}{i}.py", "package": "fixture", "language": "python", "text": t}) + "\n"
             for i, t in enumerate(corpus_texts)))
+    return corpus
+
+
+def cli_args(corpus, tokenizer_path, out, **options) -> list[str]:
+    args = ["--corpus", str(corpus), "--tokenizer", str(tokenizer_path), "--out", str(out), "--log-every", "1",
+            "--eval-every", "0"]
+    for name, value in {**SMALL, **options}.items():
+        args += ["--" + name.replace("_", "-")] + ([] if value is True else [str(value)])
+    return args
+
+
+def test_cli_trains_resumes_and_exports_a_loadable_checkpoint(tokenizer, corpus_texts, tmp_path):
+    corpus = write_corpus(tmp_path, corpus_texts)
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     out = tmp_path / "run"
-    options = {**SMALL, "total_steps": 4, "warmup_steps": 2}
-    args = dict(corpus=str(corpus), tokenizer=str(tmp_path / "tokenizer.json"), out=str(out), resume=False,
-                minutes=None, log_every=1, save_every=2, export_dtype="bfloat16", **options)
-    train(argparse.Namespace(**{**{k: None for k in TrainSettings.__dataclass_fields__}, **args}))
+    # Served with a shorter canvas than the 12 it trains on, as the embedded model is.
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", out, total_steps=4, warmup_steps=2, save_every=2,
+                        serve_canvas=10))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["step-000002", "step-000004"]
 
-    train(argparse.Namespace(**{**{k: None for k in TrainSettings.__dataclass_fields__},
-                                **{**args, "resume": True, "total_steps": None}}))  # already complete
-    assert len((out / "log.jsonl").read_text().splitlines()) == 4
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", out, total_steps=4, warmup_steps=2, resume=True,
+                        serve_canvas=10))
+    assert len((out / "log.jsonl").read_text().splitlines()) == 4  # already complete: nothing more is trained
 
     eng = engine.load(out / "checkpoint", device="cpu")
     assert eng.tokenizer is not None and eng.generation_config.eos_token_id == (1,)
     result = eng.generate([2, 3, 50, 51, 4, 5], seed=0)
-    assert len(result.tokens) == 12
+    assert eng.config.canvas_length == 10 and len(result.tokens) == 10
     assert eng.generate([2, 3, 50, 51, 4, 5], seed=0).tokens == result.tokens
 
     scores = tmp_path / "scores.jsonl"
@@ -149,3 +156,65 @@ def test_cli_trains_resumes_and_exports_a_loadable_checkpoint(tokenizer, corpus_
     for point in curve:
         assert point["holes"] == 3 and 0.0 <= point["exact_match"] <= 1.0 and 0.0 <= point["edit_similarity"] <= 1.0
         assert point["loss"]["loss"] > 0 and point["loss"]["diffusion_loss"] > 0
+
+
+def test_a_run_in_two_pieces_equals_the_run_in_one_bit_for_bit(tokenizer, corpus_texts, tmp_path):
+    """Weights, AdamW moments, data position, the loss's random stream and the schedule all survive a resume."""
+    corpus = write_corpus(tmp_path, corpus_texts)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    options = dict(total_steps=8, warmup_steps=2)
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", straight, **options))
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", pieces, steps=4, **options))
+    halfway = torch.load(pieces / "training_state.pt", weights_only=False)
+    assert halfway["step"] == 4
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", pieces, resume=True, **options))
+
+    one, two = (torch.load(d / "training_state.pt", weights_only=False) for d in (straight, pieces))
+    assert one["step"] == two["step"] == 8 and one["tokens_seen"] == two["tokens_seen"]
+    assert one["model"].keys() == two["model"].keys()
+    for name in one["model"]:
+        assert torch.equal(one["model"][name], two["model"][name]), name
+    moments = [(a, b) for a, b in zip(one["optimizer"]["state"].values(), two["optimizer"]["state"].values())]
+    assert moments and all(torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) for a, b in moments)
+    assert torch.equal(one["generator"], two["generator"]) and one["data_rng"] == two["data_rng"]
+    losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()]
+              for d in (straight, pieces)]
+    assert losses[0] == losses[1] and len(losses[0]) == 8
+
+
+def test_resume_refuses_changed_settings_and_init_from_starts_from_exported_weights(tokenizer, corpus_texts, tmp_path):
+    corpus = write_corpus(tmp_path, corpus_texts)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    first = tmp_path / "first"
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", first, total_steps=3, warmup_steps=1))
+    with pytest.raises(SystemExit, match="batch_size"):
+        train_main(cli_args(corpus, tmp_path / "tokenizer.json", first, total_steps=3, resume=True, batch_size=2))
+
+    # A lost run directory: start a new run from the exported (bf16) weights, with a fresh optimizer at step 0.
+    second = tmp_path / "second"
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", second, total_steps=3, warmup_steps=1, steps=0,
+                        init_from=first / "checkpoint"))
+    state = torch.load(second / "training_state.pt", weights_only=False)
+    exported = engine.load(first / "checkpoint", device="cpu", dtype=torch.float32).model.state_dict()
+    assert state["step"] == 0 and not state["optimizer"]["state"]
+    for name, weight in exported.items():
+        assert torch.equal(state["model"][name], weight), name
+
+
+def test_bf16_autocast_trains_fp32_master_weights(tokenizer, corpus_texts):
+    settings, model = small_model(tokenizer)
+    settings.precision = "bfloat16"
+    batch = first_batch(tokenizer, corpus_texts, settings)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(25):
+        loss, _, _ = training_loss(model, batch, settings, torch.Generator().manual_seed(step % 3))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses[-1] < 0.75 * losses[0], losses
+    with pytest.raises(ValueError, match="precision"):
+        training_loss(model, batch, TrainSettings(**SMALL, precision="float16"), torch.Generator())

@@ -21,9 +21,9 @@ import torch
 import engine
 from engine.infill import text_tokenizer
 from engine.training.corpus import load_documents
-from engine.training.fim import FimBatchStream, choose_hole
+from engine.training.fim import DEFAULT_HOLE_WEIGHTS, FimBatchStream, choose_hole
 from engine.training.text_metrics import edit_similarity, exact_match
-from engine.training.train import TrainSettings, training_loss
+from engine.training.objective import TrainSettings, training_loss
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,10 @@ class HeldOutScore:
     seconds: float
 
 
-def held_out_holes(corpus: Path, count: int, canvas_length: int, seed: int = 0, language: str = "python"):
+def held_out_holes(corpus: Path, count: int, canvas_length: int, seed: int = 0, language: str = "python",
+                   kinds: tuple[str, ...] | None = None):
+    """`count` non-empty holes from held-out files, of the training mix of kinds or only of `kinds`."""
+    weights = DEFAULT_HOLE_WEIGHTS if kinds is None else {kind: 1.0 for kind in kinds}
     documents = [d for d in load_documents(corpus, "heldout", [language]) if d.text.strip()]
     if not documents:
         raise ValueError(f"{corpus}: no held-out {language} documents")
@@ -46,8 +49,8 @@ def held_out_holes(corpus: Path, count: int, canvas_length: int, seed: int = 0, 
     holes = []
     while len(holes) < count:
         document = rng.choice(documents)
-        hole = choose_hole(document.text, rng, document.language, max_middle_chars=4 * (canvas_length - 1))
-        if hole.middle.strip():
+        hole = choose_hole(document.text, rng, document.language, 4 * (canvas_length - 1), weights)
+        if hole.middle.strip() and (kinds is None or hole.kind in kinds):
             holes.append(hole)
     return holes
 

@@ -37,6 +37,11 @@ HOLE_KINDS = ("line", "line_end", "block", "expression", "span")
 DEFAULT_HOLE_WEIGHTS: Mapping[str, float] = {
     "line": 0.30, "line_end": 0.20, "block": 0.15, "expression": 0.20, "span": 0.15,
 }
+# What editors ask for most: the rest of the line at the cursor, a whole next line, a short expression.
+EDITOR_HOLE_WEIGHTS: Mapping[str, float] = {
+    "line": 0.35, "line_end": 0.35, "block": 0.05, "expression": 0.20, "span": 0.05,
+}
+HOLE_MIXES: Mapping[str, Mapping[str, float]] = {"default": DEFAULT_HOLE_WEIGHTS, "editor": EDITOR_HOLE_WEIGHTS}
 
 
 # ------------------------------------------------------------------------------------ prompt layout
@@ -467,9 +472,16 @@ class FimBatchStream(torch.utils.data.IterableDataset):
             if example is not None:
                 yield example
 
-    def __iter__(self) -> Iterator[FimBatch]:
-        worker = torch.utils.data.get_worker_info()
-        rng = random.Random(f"{self.seed}:{0 if worker is None else worker.id}")
+    def batches(self, rng: random.Random) -> Iterator[FimBatch]:
+        """Batches drawn with `rng`. Between two batches everything the stream will draw next is in `rng`'s state,
+        so `batches(rng)` with a saved `rng.getstate()` continues the stream exactly (the trainer's resume)."""
         examples = self.examples(rng)
         while True:
             yield collate_examples([next(examples) for _ in range(self.batch_size)], self.max_prompt_tokens)
+
+    def seeded_rng(self, worker_id: int = 0) -> random.Random:
+        return random.Random(f"{self.seed}:{worker_id}")
+
+    def __iter__(self) -> Iterator[FimBatch]:
+        worker = torch.utils.data.get_worker_info()
+        return self.batches(self.seeded_rng(0 if worker is None else worker.id))

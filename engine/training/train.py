@@ -1,14 +1,12 @@
-"""Train a DiffusionGemma-architecture model for fill-in-the-middle, the way the model's fine-tuning recipe does it.
+"""Train a DiffusionGemma-architecture model for fill-in-the-middle (the objective is in `objective.py`).
 
-Objective per batch (prompt = `<bos><fim_prefix>…<fim_suffix>…<fim_middle>`, canvas = middle `<eos>` `<pad>`…):
-- the encoder runs causally over [prompt ; clean canvas] and is trained with the next-token loss on real tokens up
-  to the `<eos>` (its prompt keys/values are what the decoder reads, exactly as at inference);
-- each example draws a noise level t ~ U(0, 1) and every canvas position is independently replaced by a uniform
-  random vocabulary token with probability t (no mask token);
-- the decoder denoises that canvas with cross-entropy on every canvas position; half the examples are
-  self-conditioned: a first, gradient-free decoder pass supplies the logits that the second pass conditions on.
+A campaign runs in pieces: every `--checkpoint-minutes` (and on SIGINT/SIGTERM) the run saves its whole state, i.e.
+weights, AdamW moments, the data stream's random state, the loss's generator and the step that drives the schedule,
+and `--resume` continues bit for bit where it stopped. Without that state (a lost `runs/` directory), `--init-from`
+starts from exported weights, e.g. the committed embedded model, with a fresh optimizer.
 
-    python -m engine.training.train --corpus runs/corpus --tokenizer runs/tokenizer/tokenizer.json --out runs/train
+    python -m engine.training.train --corpus runs/corpus --tokenizer engine/embedded_model/tokenizer.json \
+        --out runs/train --minutes 120 --resume
 """
 
 from __future__ import annotations
@@ -17,134 +15,27 @@ import argparse
 import json
 import math
 import shutil
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from engine.config import FULL, SLIDING, GenerationConfig, ModelConfig
+import engine
+from engine.config import GenerationConfig
 from engine.loader import save_checkpoint
 from engine.model import DiffusionGemma
+from engine.training import evaluate
 from engine.training.corpus import load_documents
-from engine.training.fim import FimBatch, FimBatchStream
+from engine.training.fim import HOLE_MIXES, FimBatchStream
+from engine.training.objective import TrainSettings, initialise, model_config, training_loss
 from engine.training.tokenizer import EOS_ID, PAD_ID, load_tokenizer
 
 STATE_FILE = "training_state.pt"
 LOG_FILE = "log.jsonl"
-
-
-@dataclass
-class TrainSettings:
-    hidden_size: int = 256
-    intermediate_size: int = 512
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 64
-    global_head_dim: int = 128
-    num_global_kv_heads: int = 1
-    sliding_window: int = 512
-    num_experts: int = 4
-    top_k_experts: int = 2
-    moe_intermediate_size: int = 256
-    canvas_length: int = 32
-    max_prompt_tokens: int = 256
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    warmup_steps: int = 200
-    total_steps: int = 20_000
-    weight_decay: float = 0.01
-    ar_loss_weight: float = 1.0
-    ar_prompt_sample: float = 0.25
-    self_conditioning_rate: float = 0.5
-    seed: int = 0
-
-
-def model_config(settings: TrainSettings, vocab_size: int) -> ModelConfig:
-    # Every third layer (and the last) is full attention, as in the released model's 5:1 pattern scaled down.
-    layer_types = tuple(FULL if (i + 1) % 3 == 0 or i == settings.num_layers - 1 else SLIDING
-                        for i in range(settings.num_layers))
-    per_layer = {i: {"head_dim": settings.global_head_dim, "num_key_value_heads": settings.num_global_kv_heads}
-                 for i, t in enumerate(layer_types) if t == FULL}
-    return ModelConfig(
-        vocab_size=vocab_size, hidden_size=settings.hidden_size, intermediate_size=settings.intermediate_size,
-        num_layers=settings.num_layers, num_heads=settings.num_heads, num_kv_heads=settings.num_kv_heads,
-        head_dim=settings.head_dim, layer_types=layer_types, per_layer=per_layer,
-        sliding_window=settings.sliding_window, num_experts=settings.num_experts,
-        top_k_experts=settings.top_k_experts, moe_intermediate_size=settings.moe_intermediate_size,
-        use_bidirectional_attention="vision", canvas_length=settings.canvas_length,
-        pad_token_id=PAD_ID, eos_token_id=(EOS_ID,), bos_token_id=2,
-    )
-
-
-def initialise(model: DiffusionGemma, seed: int, std: float = 0.02) -> None:
-    """Normal(0, std) projections and embeddings; norms, router scales and layer scalars at 1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() >= 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-            else:
-                parameter.fill_(1.0)
-        for name, buffer in model.named_buffers():
-            if name.endswith("layer_scalar"):
-                buffer.fill_(1.0)
-
-
-class TrainingStore:
-    """Functional (autograd-friendly) key/value store: the encoder's keys for [prompt ; canvas], and the decoder
-    reading only the prompt part, as the inference cache holds only what precedes the canvas."""
-
-    def __init__(self, prompt_length: int):
-        self.prompt_length = prompt_length
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-
-    def encoder_keys_values(self, layer, start, keys, values, first_key):
-        self.keys[layer], self.values[layer] = keys, values
-        return keys[:, :, first_key:], values[:, :, first_key:]
-
-    def decoder_keys_values(self, layer, keys, values, first_key):
-        prompt = slice(first_key, self.prompt_length)
-        return (torch.cat([self.keys[layer][:, :, prompt], keys], dim=2),
-                torch.cat([self.values[layer][:, :, prompt], values], dim=2))
-
-
-def training_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings, generator: torch.Generator):
-    """Returns (total, diffusion, autoregressive) losses for one batch."""
-    prompt_length = batch.prompt_ids.shape[1]
-    batch_size, canvas_length = batch.canvas_ids.shape
-    vocab = model.config.vocab_size
-    sequence = torch.cat([batch.prompt_ids, batch.canvas_ids], dim=1)
-    real = torch.cat([batch.prompt_mask, torch.ones_like(batch.canvas_ids, dtype=torch.bool)], dim=1)
-    store = TrainingStore(prompt_length)
-    hidden = model.encode(sequence, 0, store, return_hidden=True, positions=batch.position_ids, key_padding=real)
-
-    # Next-token targets: the middle up to and including <eos>, and a sample of the prompt (the vocabulary head over
-    # every prompt position would cost more than the rest of the step).
-    index = torch.arange(sequence.shape[1])
-    within_middle = index[None, :] <= prompt_length + batch.middle_lengths[:, None]
-    sampled = (index[None, :] >= prompt_length) | (torch.rand(sequence.shape, generator=generator) < settings.ar_prompt_sample)
-    target_mask = (real & within_middle & sampled)[:, 1:] & real[:, :-1]
-    ar_logits = model.logits(hidden[:, :-1][target_mask])
-    ar_loss = F.cross_entropy(ar_logits, sequence[:, 1:][target_mask])
-
-    noise_level = torch.rand(batch_size, 1, generator=generator)
-    noised = torch.rand(batch_size, canvas_length, generator=generator) < noise_level
-    random_tokens = torch.randint(0, vocab, (batch_size, canvas_length), generator=generator)
-    canvas = torch.where(noised, random_tokens, batch.canvas_ids)
-    tables = model.rotary(batch.position_ids[:, prompt_length:], model.embed_tokens.weight.dtype)
-    sc_mask = torch.rand(batch_size, generator=generator) < settings.self_conditioning_rate
-    sc_logits = None
-    if bool(sc_mask.any()):
-        with torch.no_grad():
-            sc_logits = model.decode(canvas, prompt_length, store, None, tables, key_padding=real).detach()
-    logits = model.decode(canvas, prompt_length, store, sc_logits, tables, key_padding=real,
-                          sc_mask=sc_mask if sc_logits is not None else None)
-    diffusion_loss = F.cross_entropy(logits.reshape(-1, vocab), batch.canvas_ids.reshape(-1))
-    return diffusion_loss + settings.ar_loss_weight * ar_loss, diffusion_loss, ar_loss
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -155,18 +46,77 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
 
 
 def export(model: DiffusionGemma, directory: Path, tokenizer_path: Path, generation: GenerationConfig,
-           dtype: torch.dtype) -> None:
-    """A checkpoint the engine loads unchanged: config, generation config, safetensors weights, tokenizer."""
-    exported = DiffusionGemma(model.config)
+           dtype: torch.dtype, canvas_length: int | None = None) -> None:
+    """A checkpoint the engine loads unchanged: config, generation config, safetensors weights, tokenizer.
+    `canvas_length` is the canvas it is served with, which may be shorter than the one it was trained on."""
+    config = model.config if canvas_length is None else replace(model.config, canvas_length=canvas_length)
+    exported = DiffusionGemma(config)
     exported.load_state_dict(model.state_dict())
     save_checkpoint(exported.to(dtype), directory, generation)
     shutil.copyfile(tokenizer_path, directory / "tokenizer.json")
 
 
-def default_generation_config(canvas_length: int) -> GenerationConfig:
-    """Sampler settings for short in-line holes: fewer steps than the released 48 since the canvas is short."""
-    return GenerationConfig(max_new_tokens=canvas_length, max_denoising_steps=16, entropy_bound=0.1, t_min=0.4,
-                            t_max=0.8, eos_token_id=(EOS_ID,), pad_token_id=PAD_ID)
+def default_generation_config(canvas_length: int, denoising_steps: int = 8) -> GenerationConfig:
+    """The shipped sampler for short in-line holes: one canvas, far fewer steps than the released 48 since the canvas
+    is short (the model card's table says what fewer steps cost)."""
+    return GenerationConfig(max_new_tokens=canvas_length, max_denoising_steps=denoising_steps, entropy_bound=0.1,
+                            t_min=0.4, t_max=0.8, eos_token_id=(EOS_ID,), pad_token_id=PAD_ID)
+
+
+class Run:
+    """One training run's mutable state, saved and restored as a whole."""
+
+    def __init__(self, settings: TrainSettings, vocab_size: int, stream: FimBatchStream):
+        self.settings = settings
+        torch.manual_seed(settings.seed)
+        self.model = DiffusionGemma(model_config(settings, vocab_size))
+        initialise(self.model, settings.seed)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
+                                           weight_decay=settings.weight_decay)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.data_rng = stream.seeded_rng()
+        self.stream = stream
+        self.step = 0
+        self.tokens_seen = 0
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.data_rng.setstate(state["data_rng"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "data_rng": self.data_rng.getstate(),
+                "settings": asdict(self.settings), "step": self.step, "tokens_seen": self.tokens_seen}
+
+    def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.settings)
+        loss, diffusion_loss, ar_loss = training_loss(self.model, batch, self.settings, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        self.tokens_seen += int(batch.prompt_mask.sum()) + batch.canvas_ids.numel()
+        return loss, diffusion_loss, ar_loss
+
+
+def settings_from(args: argparse.Namespace, saved: dict | None) -> TrainSettings:
+    """A resumed run keeps its saved settings; only `total_steps` may be raised on the command line (it extends the
+    cosine schedule, which changes the learning rate from then on)."""
+    given = {k: v for k, v in vars(args).items() if k in TrainSettings.__dataclass_fields__ and v is not None}
+    if saved is None:
+        return TrainSettings(**given)
+    settings = TrainSettings(**{**asdict(TrainSettings()), **saved})
+    changed = sorted(k for k, v in given.items() if k != "total_steps" and getattr(settings, k) != v)
+    if changed:
+        raise SystemExit(f"--resume keeps the run's settings; these differ from it: {', '.join(changed)}")
+    if "total_steps" in given:
+        settings.total_steps = given["total_steps"]
+    return settings
 
 
 def train(args: argparse.Namespace) -> None:
@@ -174,75 +124,118 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
     tokenizer = load_tokenizer(args.tokenizer)
-    resumed = torch.load(state_path, weights_only=False) if args.resume and state_path.exists() else None
-    settings = TrainSettings(**resumed["settings"]) if resumed else TrainSettings(
-        **{k: v for k, v in vars(args).items() if k in TrainSettings.__dataclass_fields__ and v is not None})
-    torch.manual_seed(settings.seed)
-    model = DiffusionGemma(model_config(settings, tokenizer.get_vocab_size()))
-    initialise(model, settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
-                                  weight_decay=settings.weight_decay)
-    step, tokens_seen = 0, 0
-    generator = torch.Generator().manual_seed(settings.seed)
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        generator.set_state(resumed["generator"])
-        step, tokens_seen = resumed["step"], resumed["tokens_seen"]
-    parameters = sum(p.numel() for p in model.parameters())
-    print(f"model: {parameters / 1e6:.2f}M parameters; starting at step {step}", flush=True)
-
+    saved = torch.load(state_path, weights_only=False) if args.resume and state_path.exists() else None
+    settings = settings_from(args, saved["settings"] if saved else None)
     documents = load_documents(Path(args.corpus), "train")
+    if settings.hole_mix not in HOLE_MIXES:
+        raise SystemExit(f"--hole-mix must be one of {', '.join(HOLE_MIXES)}, got {settings.hole_mix!r}")
     stream = FimBatchStream(documents, tokenizer, settings.batch_size, settings.max_prompt_tokens,
-                            settings.canvas_length, seed=settings.seed + step)
-    batches = iter(stream)
-    model.train()
+                            settings.canvas_length, seed=settings.seed, kind_weights=HOLE_MIXES[settings.hole_mix])
+    run = Run(settings, tokenizer.get_vocab_size(), stream)
+    if saved:
+        run.restore(saved)
+    elif args.init_from:
+        # Weights only: the optimizer, data stream and schedule start afresh (step 0, warm-up included).
+        run.model.load_state_dict(engine.load(args.init_from, device="cpu", dtype=torch.float32).model.state_dict())
+    parameters = sum(p.numel() for p in run.model.parameters())
+    print(f"model: {parameters / 1e6:.2f}M parameters; starting at step {run.step}, {run.tokens_seen} tokens",
+          flush=True)
+
+    heldout = HeldOut(Path(args.corpus), args.eval_holes, settings) if args.eval_every else None
+    with stop_on_signal() as stop_requested:
+        run_until_stopped(run, stream, out, args, heldout, stop_requested)
+    print(f"stopped at step {run.step}, {run.tokens_seen} tokens; checkpoint in {out / 'checkpoint'}", flush=True)
+
+
+@contextmanager
+def stop_on_signal():
+    """SIGINT / SIGTERM end the run after the current step, with a checkpoint, instead of losing up to
+    `--checkpoint-minutes` of work."""
+    requested: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {signum: signal.signal(signum, lambda *_: requested.append(True))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_until_stopped(run: "Run", stream: FimBatchStream, out: Path, args, heldout: "HeldOut | None",
+                      stop_requested: list) -> None:
+    settings = run.settings
+    batches = stream.batches(run.data_rng)
+    run.model.train()
     log = (out / LOG_FILE).open("a")
-    started, window_tokens = time.perf_counter(), 0
+    started = window_start = last_save = time.perf_counter()
+    window_tokens, saves = 0, 0
     deadline = started + args.minutes * 60 if args.minutes else math.inf
-    while step < settings.total_steps and time.perf_counter() < deadline:
-        batch = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings)
-        loss, diffusion_loss, ar_loss = training_loss(model, batch, settings, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        batch_tokens = int(batch.prompt_mask.sum()) + batch.canvas_ids.numel()
-        tokens_seen += batch_tokens
-        window_tokens += batch_tokens
-        if step % args.log_every == 0:
-            elapsed = time.perf_counter() - started
-            record = {"step": step, "tokens": tokens_seen, "loss": round(loss.item(), 4),
-                      "diffusion_loss": round(diffusion_loss.item(), 4), "ar_loss": round(ar_loss.item(), 4),
-                      "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": round(window_tokens / elapsed, 1)}
-            print(json.dumps(record), flush=True)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            started, window_tokens = time.perf_counter(), 0
-        if step % args.save_every == 0:
-            checkpoint(model, optimizer, generator, settings, step, tokens_seen, out, args)
-    checkpoint(model, optimizer, generator, settings, step, tokens_seen, out, args)
-    print(f"stopped at step {step}, {tokens_seen} tokens; checkpoint in {out / 'checkpoint'}", flush=True)
+    last_step = min(settings.total_steps, run.step + args.steps if args.steps is not None else math.inf)
+    while run.step < last_step and time.perf_counter() < deadline and not stop_requested:
+        before = run.tokens_seen
+        loss, diffusion_loss, ar_loss = run.train_step(next(batches))
+        window_tokens += run.tokens_seen - before
+        if run.step % args.log_every == 0:
+            now = time.perf_counter()
+            write_log(log, {"step": run.step, "tokens": run.tokens_seen, "time": round(time.time(), 1),
+                            "loss": round(loss.item(), 4),
+                            "diffusion_loss": round(diffusion_loss.item(), 4), "ar_loss": round(ar_loss.item(), 4),
+                            "lr": run.optimizer.param_groups[0]["lr"],
+                            "tokens_per_s": round(window_tokens / (now - window_start), 1)})
+            window_start, window_tokens = now, 0
+        due = (args.save_every and run.step % args.save_every == 0) or \
+            (args.checkpoint_minutes and time.perf_counter() - last_save >= args.checkpoint_minutes * 60)
+        if due:
+            saves += 1
+            checkpoint(run, out, args, heldout if heldout and saves % args.eval_every == 0 else None, log)
+            last_save = window_start = time.perf_counter()
+            window_tokens = 0
+    checkpoint(run, out, args, heldout, log)
+    log.close()
 
 
-def checkpoint(model, optimizer, generator, settings, step, tokens_seen, out: Path, args) -> None:
-    """Resumable state, the latest exported checkpoint, and a snapshot of it for the learning curve."""
-    save_state(out / STATE_FILE, model, optimizer, generator, settings, step, tokens_seen)
+class HeldOut:
+    """Fixed held-out holes and loss batches, scored on each evaluated checkpoint (the learning curve)."""
+
+    def __init__(self, corpus: Path, holes: int, settings: TrainSettings):
+        self.corpus = corpus
+        self.max_prompt_tokens = settings.max_prompt_tokens
+        self.holes = evaluate.held_out_holes(corpus, holes, settings.canvas_length)
+
+    def score(self, checkpoint_dir: Path) -> dict:
+        score = evaluate.score_checkpoint(checkpoint_dir, self.holes, self.corpus, loss_batches=8,
+                                          max_prompt_tokens=self.max_prompt_tokens)
+        return {"exact_match": score.exact_match, "edit_similarity": score.edit_similarity,
+                "exact_match_by_kind": score.exact_match_by_kind, "loss": score.loss, "seconds": score.seconds}
+
+
+def write_log(log, record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+
+
+def checkpoint(run: Run, out: Path, args, heldout: HeldOut | None, log) -> None:
+    """Resumable state, the latest exported checkpoint, a snapshot of it for the learning curve, and optionally
+    its held-out scores in the log."""
+    save_state(out / STATE_FILE, run.state())
     dtype = torch.bfloat16 if args.export_dtype == "bfloat16" else torch.float32
-    export(model, out / "checkpoint", Path(args.tokenizer), default_generation_config(settings.canvas_length), dtype)
-    snapshot = out / "snapshots" / f"step-{step:06d}"
+    export(run.model, out / "checkpoint", Path(args.tokenizer),
+           default_generation_config(args.serve_canvas, args.serve_steps), dtype, args.serve_canvas)
+    snapshot = out / "snapshots" / f"step-{run.step:06d}"
     shutil.rmtree(snapshot, ignore_errors=True)
     shutil.copytree(out / "checkpoint", snapshot)
-    (snapshot / "tokens_seen").write_text(f"{tokens_seen}\n")
+    (snapshot / "tokens_seen").write_text(f"{run.tokens_seen}\n")
+    if heldout is not None:
+        write_log(log, {"step": run.step, "tokens": run.tokens_seen, "heldout": heldout.score(snapshot)})
 
 
-def save_state(path: Path, model, optimizer, generator, settings, step, tokens_seen) -> None:
+def save_state(path: Path, state: dict) -> None:
     temporary = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "settings": asdict(settings), "step": step, "tokens_seen": tokens_seen}, temporary)
+    torch.save(state, temporary)
     temporary.replace(path)  # atomic: an interrupted save never corrupts the resumable state
 
 
@@ -251,10 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/training_state.pt")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from OUT/training_state.pt")
+    parser.add_argument("--init-from", help="a checkpoint directory whose weights start a run that has no state")
     parser.add_argument("--minutes", type=float, default=None, help="stop (and save) after this wall time")
+    parser.add_argument("--steps", type=int, default=None, help="stop (and save) after this many steps")
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: by time only)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--eval-every", type=int, default=3,
+                        help="score every Nth checkpoint on held-out holes and batches (0: never)")
+    parser.add_argument("--eval-holes", type=int, default=100)
+    parser.add_argument("--serve-canvas", type=int, default=16, help="canvas length of the exported checkpoint")
+    parser.add_argument("--serve-steps", type=int, default=8, help="denoising steps of the exported checkpoint")
     parser.add_argument("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     for name, field in TrainSettings.__dataclass_fields__.items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=None)
