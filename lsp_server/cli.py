@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
-from engine import EMBEDDED_MODEL
-from lsp_server.server import SERVER, VERSION
-from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, apply_changes
+from lsp_server import VERSION
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -18,8 +17,19 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _version_parser() -> argparse.ArgumentParser:
+    """`--version` alone, answered before the model stack (torch, a second or more) is imported."""
+    parser = argparse.ArgumentParser(prog="diffgemma-lsp", add_help=False)
+    parser.add_argument("--version", action="version", version=f"diffgemma-lsp {VERSION}")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from engine import EMBEDDED_MODEL
+    from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP
+
     parser = argparse.ArgumentParser(
+        parents=[_version_parser()],
         prog="diffgemma-lsp",
         description="Language server giving inline code completions (LSP 3.18 textDocument/inlineCompletion, "
                     "with a textDocument/completion fallback) from a DiffusionGemma block-diffusion model.",
@@ -35,14 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--log-file", help="write the server log here (default: stderr; stdout carries LSP)")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--version", action="version", version=f"diffgemma-lsp {VERSION}")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until the client exits; the process ends here (never returns after serving)."""
+    _version_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lsp_server.server import SERVER
+    from lsp_server.settings import apply_changes
+
     logging.basicConfig(
         filename=args.log_file, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from engine import EMBEDDED_MODEL, CanvasText
 from lsp_server.documents import Document
 from lsp_server.pipeline import Completion, InfillPipeline, load_engine
-from lsp_server.positions import PositionEncoding, PositionError
+from lsp_server.positions import PositionEncoding
 from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, Settings, apply_changes
 
 
@@ -96,11 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         return fail("; ".join(problems))
     document = Document(args.file.resolve().as_uri(), text, args.language, encoding=PositionEncoding.UTF32)
+    # Checked here, in the flags' own 1-based terms (the document's positions count from 0, and LSP clamps a
+    # column past the end of a line, where a command-line user has simply made a mistake).
+    if args.line > document.line_count:
+        return fail(f"{args.file}:{args.line}:{args.character} is not in the file: --line must be 1-"
+                    f"{document.line_count}, the file has {document.line_count} lines")
+    line_length = len(document.line_text(args.line - 1))
+    if args.character > line_length + 1:
+        return fail(f"{args.file}:{args.line}:{args.character} is not in the file: line {args.line} has "
+                    f"{line_length} characters, so --character must be 1-{line_length + 1}")
     position = (args.line - 1, args.character - 1)
-    try:
-        document.offset_at(position)
-    except PositionError as error:
-        return fail(f"{args.file}:{args.line}:{args.character} is not in the file ({error})")
 
     started = time.perf_counter()
     try:

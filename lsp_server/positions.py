@@ -71,23 +71,22 @@ def as_line_character(position: PositionLike) -> tuple[int, int]:
 
 
 def column_to_byte(line_text: str, column: int, encoding: PositionEncoding) -> int:
-    """UTF-8 byte offset within ``line_text`` of the column ``column`` counted in ``encoding`` units."""
+    """UTF-8 byte offset within ``line_text`` of the column ``column`` counted in ``encoding`` units.
+
+    A column past the end of the line means the end of the line, as LSP specifies ("If the character value is
+    greater than the line length it defaults back to the line length"); one inside a character is an error."""
     if column < 0:
         raise PositionError(f"negative column {column}")
     if line_text.isascii():
-        if column > len(line_text):
-            raise PositionError(f"column {column} is past the end of a {len(line_text)}-character line")
-        return column
+        return min(column, len(line_text))
     if encoding is PositionEncoding.UTF8:
         line_bytes = encode_text(line_text)
-        if column > len(line_bytes):
-            raise PositionError(f"column {column} is past the end of a {len(line_bytes)}-byte line")
-        if column < len(line_bytes) and (line_bytes[column] & 0xC0) == 0x80:
+        if column >= len(line_bytes):
+            return len(line_bytes)
+        if (line_bytes[column] & 0xC0) == 0x80:
             raise PositionError(f"UTF-8 column {column} splits a character")
         return column
     if encoding is PositionEncoding.UTF32:
-        if column > len(line_text):
-            raise PositionError(f"column {column} is past the end of a {len(line_text)}-code-point line")
         return len(encode_text(line_text[:column]))
     return len(encode_text(line_text[: _utf16_column_to_index(line_text, column)]))
 
@@ -100,9 +99,7 @@ def _utf16_column_to_index(line_text: str, column: int) -> int:
         units += 2 if ord(char) > 0xFFFF else 1
         if units > column:
             raise PositionError(f"UTF-16 column {column} splits the surrogate pair of {char!r}")
-    if units == column:
-        return len(line_text)
-    raise PositionError(f"column {column} is past the end of a {units}-unit line")
+    return len(line_text)
 
 
 def byte_to_column(line_bytes: bytes, byte_column: int, encoding: PositionEncoding) -> int:

@@ -29,7 +29,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
-from importlib import metadata
 from typing import Any, NoReturn
 
 import cattrs
@@ -47,6 +46,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from engine import CanvasText, InfillResult
+from lsp_server import VERSION
 from lsp_server.completion_cache import ResultCache, TypedAhead
 from lsp_server.completion_mode import CompletionMode
 from lsp_server.context import InfillContext
@@ -59,10 +59,6 @@ from lsp_server.stats import LastRun, Stats
 
 logger = logging.getLogger(__name__)
 
-try:
-    VERSION = metadata.version("diffgemma-lsp")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    VERSION = "0+unknown"
 
 ACCEPT_COMMAND = "diffgemma.acceptInlineCompletion"
 STATS_REQUEST = "diffgemma/stats"

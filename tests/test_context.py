@@ -340,7 +340,7 @@ def test_invalid_positions_raise_position_error():
     with pytest.raises(PositionError):
         build_context(document, (document.line_count, 0), count_tokens)
     with pytest.raises(PositionError):
-        build_context(document, (0, 500), count_tokens)
+        build_context(document, (-1, 0), count_tokens)
 
 
 def test_context_of_a_20000_line_file():

@@ -75,8 +75,11 @@ def test_no_completion(tmp_path_factory, source, capsys):
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["--line", "70", "--character", "1"], "sample.py:70:1 is not in the file"),
-    (["--line", "7", "--character", "90"], "sample.py:7:90 is not in the file"),
+    # Both in the flags' 1-based terms (the last line is the empty one after the final newline).
+    (["--line", "70", "--character", "1"], "sample.py:70:1 is not in the file: --line must be 1-9"),
+    (["--line", "10", "--character", "1"], "sample.py:10:1 is not in the file: --line must be 1-9"),
+    (["--line", "7", "--character", "90"], "line 7 has 18 characters, so --character must be 1-19"),
+    (["--line", "7", "--character", "20"], "line 7 has 18 characters, so --character must be 1-19"),
     (["--line", "0", "--character", "1"], "count from 1"),
     (["--line", "7", "--character", "19", "--candidates", "0"], "'candidates': expected a positive integer"),
 ])
@@ -90,3 +93,18 @@ def test_unreadable_file_and_model(constant, source, tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
     assert main([str(source), "--line", "7", "--character", "19", "--model", str(tmp_path)]) == 2
     assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_the_last_line_and_column_are_accepted(constant, source, capsys):
+    assert main([str(source), "--line", "7", "--character", "19", "--model", constant, "--json"]) == 0
+    assert main([str(source), "--line", "9", "--character", "1", "--model", constant, "--json"]) == 0
+
+
+def test_version_answers_without_importing_torch():
+    """`diffgemma-lsp --version` must be instant: it may not load the model stack."""
+    probe = ("import sys\nfrom lsp_server.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as stop:\n"
+             "    assert stop.code == 0\nprint('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    version, torch_imported = result.stdout.splitlines()
+    assert version.startswith("diffgemma-lsp ") and torch_imported == "False"

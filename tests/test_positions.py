@@ -53,16 +53,19 @@ def test_column_to_byte_counts_units_of_each_encoding(encoding, column, expected
     ("encoding", "column", "reason"),
     [
         (UTF16, 2, "splits the surrogate pair"),
-        (UTF16, 10, "past the end"),
-        (UTF32, 9, "past the end"),
         (UTF8, 2, "splits a character"),
-        (UTF8, 17, "past the end"),
         (UTF16, -1, "negative"),
     ],
 )
 def test_invalid_columns_raise_position_error(encoding, column, reason):
     with pytest.raises(PositionError, match=reason):
         column_to_byte(MIXED_LINE, column, encoding)
+
+
+@pytest.mark.parametrize(("encoding", "column"), [(UTF16, 10), (UTF16, 999), (UTF32, 9), (UTF8, 17), (UTF8, 99)])
+def test_a_column_past_the_end_of_the_line_means_its_end(encoding, column):
+    """LSP: "If the character value is greater than the line length it defaults back to the line length"."""
+    assert column_to_byte(MIXED_LINE, column, encoding) == len(encode_text(MIXED_LINE))
 
 
 def test_byte_column_inside_a_character_is_rejected():
@@ -76,8 +79,7 @@ def test_ascii_lines_take_the_fast_path_in_every_encoding():
     for encoding in PositionEncoding:
         assert column_to_byte("hello", 3, encoding) == 3
         assert byte_to_column(b"hello", 5, encoding) == 5
-        with pytest.raises(PositionError):
-            column_to_byte("hello", 6, encoding)
+        assert column_to_byte("hello", 6, encoding) == 5
 
 
 def test_round_trip_of_every_column_on_random_unicode_lines():

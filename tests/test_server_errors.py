@@ -76,8 +76,16 @@ async def test_position_out_of_range_gets_an_error(client):
     open_document(client, uri, SOURCE)
     with pytest.raises(JsonRpcInvalidParams, match="invalid position .*line 99 does not exist"):
         await inline(client, uri, 99, 0)
-    with pytest.raises(JsonRpcInvalidParams, match="past the end"):
-        await inline(client, uri, 0, 500)
+    assert await serves(client)
+
+
+async def test_a_character_past_the_end_of_the_line_completes_at_its_end(client):
+    """LSP 3.18: a character greater than the line length defaults back to the line length."""
+    uri = "file:///past_end.py"
+    open_document(client, uri, SOURCE)
+    line = SOURCE.splitlines()[0]
+    past, at_end = await inline(client, uri, 0, 500), await inline(client, uri, 0, len(line))
+    assert [i.insert_text for i in past.items] == [i.insert_text for i in at_end.items]
     assert await serves(client)
 
 

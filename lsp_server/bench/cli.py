@@ -102,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    # Flag combinations first: these errors must not wait for (or depend on) the task data.
+    if args.model is not None and args.completer == "oracle":
+        raise BenchError("--model has no effect with the oracle completer, which returns the reference text")
     if args.baseline and args.completer == "oracle":
         raise BenchError("--baseline compares model generations: use it with --direct or --completer server")
     if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
