@@ -15,6 +15,7 @@ written inside a string literal of the user's code stays text.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,44 @@ class InfillResult:
     def middle(self) -> str:
         """The first candidate's middle."""
         return self.candidates[0].text
+
+
+@functools.cache
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte in a byte-level BPE token."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    characters, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            characters[chr(byte)] = byte
+        else:
+            characters[chr(256 + extra)] = byte
+            extra += 1
+    return characters
+
+
+def decode_text(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Text of `ids` without special tokens, and never a U+FFFD that the tokens do not spell out.
+
+    A byte-level token can end inside a multi-byte character (a canvas cut before its last byte, or a model that
+    wrote a stray continuation byte); `Tokenizer.decode` would put U+FFFD there, which an accepted suggestion writes
+    into the user's file. Byte-level tokens are joined as bytes and invalid UTF-8 is dropped; other decoders
+    (byte fallback) drop the replacement characters their decode made.
+    """
+    if tokenizer.decoder is None or tokenizer.decoder.__class__.__name__ != "ByteLevel":
+        return tokenizer.decode(ids, skip_special_tokens=True).replace("\ufffd", "")
+    table = byte_level_alphabet()
+    added = tokenizer.get_added_tokens_decoder()
+    data = bytearray()
+    for token_id in ids:
+        if token_id in added:
+            if not added[token_id].special:
+                data += added[token_id].content.encode("utf-8")
+            continue
+        piece = tokenizer.id_to_token(token_id)
+        if piece is not None:
+            data += bytes(table[char] for char in piece if char in table)
+    return data.decode("utf-8", errors="ignore")
 
 
 def text_tokenizer(engine: Engine) -> Tokenizer:
@@ -147,7 +186,7 @@ def infill(
 
     def decode(ids: list[int]) -> tuple[str, bool]:
         end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
-        text = tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+        text = decode_text(tokenizer, ids if end is None else ids[:end])
         if chosen == CHAT_FORMAT and (fenced := _CODE_FENCE.match(text)):
             text = fenced.group(1)
         return text, end is not None

@@ -3,8 +3,9 @@
 Steps, in order:
 
 1. Line endings to ``\\n`` (converted to the document's own at the end).
-2. Indentation to the document's style: no extra indentation on a first line that starts where the cursor
-   already sits indented; leading tabs/spaces of the other lines converted to the document's choice.
+2. Indentation to the document's style: no leading spaces or tabs on a first line that starts where the
+   cursor already follows whitespace (indentation, or `return `); leading tabs/spaces of the other lines
+   converted to the document's choice.
 3. Single-line mode keeps the first line only.
 4. Multi-line and block modes stop at the end of the enclosing block: by syntax when the middle spliced
    into the document parses without new errors (the innermost body around the middle's first code ends
@@ -88,7 +89,9 @@ def _indent_unit(widths: list[int]) -> int:
 def normalize_indentation(middle: str, document: Document, line: int, left: str) -> str:
     """Re-indent ``middle`` in the document's style (see the module docstring, step 2)."""
     lines = middle.split("\n")
-    if left and not left.strip():
+    if left.endswith((" ", "\t")):
+        # The cursor already sits after whitespace (indentation, or `return `): byte-level BPE models write the
+        # space with the next word (" obj"), which would double it.
         lines[0] = lines[0].lstrip(" \t")
     style = indentation_style(document, line)
     if style is None:  # nothing to go by: keep the model's indentation

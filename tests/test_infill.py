@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import engine
 from checkpoints import cached_checkpoint, sample_sources
-from engine.infill import CHAT_FORMAT, CHAT_INSTRUCTION, FIM_FORMAT, TURN_CLOSE, infill_prompt
+from engine.infill import CHAT_FORMAT, CHAT_INSTRUCTION, FIM_FORMAT, TURN_CLOSE, byte_level_alphabet, decode_text, infill_prompt
 from engine.training.fim import format_fim_prompt
 from engine.training.tokenizer import EOS_ID
 
@@ -64,6 +64,30 @@ def test_middle_runs_to_max_new_tokens_without_eos(constant):
     assert result.generation.blocks == 3
     assert result.middle == "x" * 48
     assert result.candidates[0].finished is False
+
+
+def test_tokens_cut_inside_a_character_never_decode_to_a_replacement_character(constant):
+    """An accepted suggestion must not write U+FFFD (EF BF BD) into the file: bytes of an unfinished character
+    are dropped, while text that really contains U+FFFD survives."""
+    tokenizer = constant.tokenizer
+    for text in ["emoji = '\U0001f537'", "caf\u00e9 = '\u20ac'", "kept = '\ufffd'", "plain = 1"]:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert decode_text(tokenizer, ids) == text == tokenizer.decode(ids)
+        for cut in range(len(ids) + 1):
+            decoded = decode_text(tokenizer, ids[:cut])
+            assert text.startswith(decoded) and ("\ufffd" in decoded) == ("\ufffd" in text[:len(decoded)])
+    cut_ids = tokenizer.encode("x = '\U0001f537'", add_special_tokens=False).ids[:-2]
+    assert "\ufffd" in tokenizer.decode(cut_ids)  # what the engine used to return
+
+
+def test_a_canvas_of_stray_utf8_bytes_gives_no_replacement_characters(tmp_path_factory):
+    """A model writing continuation bytes that start no character (the byte-level token for 0x80)."""
+    tokenizer = engine.load(cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant")).tokenizer
+    stray = tokenizer.token_to_id(next(char for char, byte in byte_level_alphabet().items() if byte == 0x80))
+    model = engine.load(cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant", output_token=stray))
+    result = model.infill(PREFIX, SUFFIX)
+    assert "\ufffd" in tokenizer.decode(result.generation.tokens)  # the raw tokens are invalid UTF-8
+    assert "\ufffd" not in result.middle
 
 
 def test_generation_stops_at_eos(tmp_path_factory):

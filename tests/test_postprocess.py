@@ -100,6 +100,16 @@ def test_first_line_is_not_indented_again_when_the_cursor_already_is():
     assert run("python", "def f():\n    x = 1\n    ‸\n", "    return x * 2") == "return x * 2"
 
 
+@pytest.mark.parametrize(("marked", "raw", "expected"), [
+    ("def f(obj):\n    return ‸\n", " obj", "obj"),
+    ("def f(obj):\n    return ‸\n", "\tobj", "obj"),
+    ("x = ‸\n", "  1 + 2", "1 + 2"),
+    ("x =‸\n", " 1", " 1"),  # no space before the cursor: the model's space is the only one
+])
+def test_no_doubled_space_after_a_cursor_that_follows_whitespace(marked, raw, expected):
+    assert run("python", marked, raw) == expected
+
+
 def test_trailing_whitespace_is_stripped_except_before_text_on_the_cursor_line():
     assert run("python", "def f():\n    ‸\n", "x = 1   \n    y = 2   \n\n") == "x = 1\n    y = 2"
     assert run("python", "call(first, ‸third)\n", "second, ") == "second, "
