@@ -23,13 +23,15 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import cattrs
 from lsprotocol import types
@@ -42,7 +44,8 @@ from pygls.exceptions import (
     JsonRpcServerNotInitialized,
 )
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
+from pygls.io_ import StdoutWriter
+from pygls.protocol import LanguageServerProtocol, default_converter
 from pygls.protocol.language_server import lsp_method
 
 from engine import CanvasText, InfillResult
@@ -51,6 +54,17 @@ from lsp_server.completion_cache import ResultCache, TypedAhead
 from lsp_server.completion_mode import CompletionMode
 from lsp_server.context import InfillContext
 from lsp_server.documents import Document, DocumentError, DocumentNotOpenError, DocumentStore
+from lsp_server.jsonrpc import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    READ_CHUNK_BYTES,
+    ChunkSource,
+    Envelope,
+    FrameReader,
+    Rejection,
+    parse_envelope,
+    strict_converter,
+)
 from lsp_server.pipeline import InfillPipeline, load_engine
 from lsp_server.positions import PositionError, encode_text
 from lsp_server.scheduler import Job, JobCancelled, Scheduler
@@ -79,14 +93,61 @@ class Status(str, Enum):
 
 
 class DiffgemmaProtocol(LanguageServerProtocol):
-    """pygls' protocol with three changes, each for the client's sake.
+    """pygls' protocol with these changes, each for the client's sake.
 
+    * Messages arrive through :meth:`receive`, already framed and checked by :mod:`lsp_server.jsonrpc`, and the LSP
+      lifecycle is enforced there: every request before ``initialize`` gets ServerNotInitialized (-32002), a second
+      ``initialize`` and every request after ``shutdown`` get InvalidRequest (-32600), as does a notification
+      method sent with an id; notifications other than ``exit`` before ``initialize`` or after ``shutdown`` are
+      dropped. So every request is answered exactly once.
     * A request whose params do not deserialize gets an InvalidParams error response (pygls only logs it, and
-      the client would wait for an answer forever).
+      the client would wait for an answer forever); scalars are never coerced (``strict_converter``).
     * ``completionProvider`` is advertised only to clients without inline completion, which use it as fallback.
     * Text synchronisation goes to the server's own DocumentStore only: pygls' workspace would keep a second
       copy of every document and apply every keystroke twice.
     """
+
+    def __init__(self, server: Any, converter: Any):
+        super().__init__(server, converter)
+        self._initialize_received = False
+
+    def reject(self, rejection: Rejection) -> None:
+        self._send_data(rejection.response())
+
+    def receive(self, envelope: Envelope) -> None:
+        """Handle one well-formed message (see the class docstring for what the lifecycle refuses)."""
+        message, method = envelope.message, envelope.method
+        if envelope.kind == "request":
+            refusal = self._lifecycle_refusal(method)
+            if refusal is not None:
+                self.reject(Rejection(message["id"], *refusal))
+                return
+            self._initialize_received |= method == types.INITIALIZE
+        elif envelope.kind == "notification" and method != types.EXIT and (
+                self._shutdown or not self._initialize_received):
+            logger.info("dropped the notification %s (%s)", method,
+                        "after shutdown" if self._shutdown else "before initialize")
+            return
+        if envelope.kind != "response" and message.get("params") is None:
+            message = {**message, "params": None}  # JSON-RPC lets a request omit params that it does not need
+        try:
+            structured = self.structure_message(message)
+        except JsonRpcException:  # a request was answered with InvalidParams; a notification is logged
+            logger.warning("unreadable %s %s", envelope.kind, method or message.get("id"))
+            return
+        self.handle_message(structured)
+
+    def _lifecycle_refusal(self, method: str) -> tuple[int, str] | None:
+        types_of = types.METHOD_TO_TYPES.get(method)
+        if types_of is not None and types_of[0].__name__.endswith("Notification"):
+            return INVALID_REQUEST, f"{method} is a notification: send it without an id"
+        if self._shutdown:
+            return INVALID_REQUEST, f"{method} after shutdown: only the exit notification is accepted now"
+        if not self._initialize_received and method != types.INITIALIZE:
+            return JsonRpcServerNotInitialized.CODE, f"{method} before initialize: the server is not initialized"
+        if self._initialize_received and method == types.INITIALIZE:
+            return INVALID_REQUEST, "initialize was already received: it may be sent once per connection"
+        return None
 
     def structure_message(self, data: Any) -> Any:
         try:
@@ -140,8 +201,11 @@ class Answer:
 
 
 class DiffgemmaServer(LanguageServer):
+    protocol: DiffgemmaProtocol
+
     def __init__(self) -> None:
         super().__init__("diffgemma-lsp", VERSION, protocol_cls=DiffgemmaProtocol,
+                         converter_factory=lambda: strict_converter(default_converter()),
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.base_settings = Settings()  # from the command line; client settings apply over them
         self.settings = Settings()
@@ -175,6 +239,72 @@ class DiffgemmaServer(LanguageServer):
         self.status = status
         self.protocol.notify(STATUS_NOTIFICATION, {"state": status.value, "message": message,
                                                     "model": self.settings.model})
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """Serve over stdio until the input ends (pygls' reader replaced by :mod:`lsp_server.jsonrpc`)."""
+        stdin = stdin or sys.stdin.buffer
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsp-stdin")
+        read = getattr(stdin, "read1", stdin.read)
+
+        async def serve() -> None:
+            loop = asyncio.get_running_loop()
+            await self.serve_connection(ChunkSource(lambda: loop.run_in_executor(reading, read, READ_CHUNK_BYTES)))
+
+        self._run_transport(serve)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve one client over TCP (the connection ends the server, as with stdio)."""
+
+        async def serve() -> None:
+            reader, writer = await self._accept_one(host, port)
+            self.protocol.set_writer(writer)
+            await self.serve_connection(ChunkSource(lambda: reader.read(READ_CHUNK_BYTES)))
+
+        self._run_transport(serve)
+
+    @staticmethod
+    async def _accept_one(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        connected: asyncio.Future = asyncio.get_running_loop().create_future()
+        listener = await asyncio.start_server(lambda r, w: connected.done() or connected.set_result((r, w)), host, port)
+        logger.info("listening on %s", ", ".join(str(sock.getsockname()) for sock in listener.sockets))
+        reader, writer = await connected
+        listener.close()
+        return reader, writer
+
+    def _run_transport(self, serve: Callable[[], Any]) -> None:
+        self._stop_event = threading.Event()
+        try:
+            asyncio.run(serve())
+        except BrokenPipeError:
+            logger.error("the connection to the client is lost")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    async def serve_connection(self, source: ChunkSource) -> None:
+        """Read, check and dispatch messages until the stream ends; nothing a client sends ends it earlier."""
+        reader = FrameReader(source)
+        while not self._stop_event.is_set():
+            frame = await reader.next_frame()
+            if frame is None:
+                break
+            try:
+                envelope = (Rejection(None, PARSE_ERROR, f"Parse error: {frame.problem}") if frame.problem
+                            else parse_envelope(frame.body))
+                if isinstance(envelope, Rejection):
+                    self.log(types.MessageType.Error, f"unreadable message: {envelope.message}")
+                    self.protocol.reject(envelope)
+                else:
+                    self.protocol.receive(envelope)
+            except Exception as error:  # noqa: BLE001 - one message's bug must not end the connection
+                logger.exception("message handling failed")
+                self.report_server_error(error, None)
+            # Let the handlers this message started run before the next one, as when each message is a read.
+            await asyncio.sleep(0)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
