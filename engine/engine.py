@@ -15,9 +15,12 @@ from engine.cache import KVCache
 from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
 from engine.generate import GenerationCancelled, StepEvent, generate_blocks
 from engine.infill import CanvasText, InfillResult, infill
+from engine.kernels.moe import bounded_gemm_shapes
 from engine.loader import CheckpointError, build_model
 from engine.model import DiffusionGemma
 
+# Serving on the CPU in bf16/fp16, a prompt is encoded in whole buckets of this many tokens (see _encode_prompt).
+PROMPT_BUCKET = 32
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -84,6 +87,7 @@ class Engine:
         # One cached prompt (batch 1): a request sharing a token prefix with it re-encodes only the rest.
         self._prefix_ids: list[int] = []
         self._prefix_cache: KVCache | None = None
+        self._bucket_prompts = bounded_gemm_shapes(model.embed_tokens.weight)
         self._lock = threading.Lock()
 
     @property
@@ -192,12 +196,20 @@ class Engine:
                 break
             shared += 1
         cache = self._prefix_cache
+        if self._bucket_prompts:
+            # Bounded shapes (see engine.kernels.moe.GROUP_ROWS): re-encode from a bucket boundary and pad the
+            # encoded tokens to a whole bucket; the causal encoder's real positions do not see the padding after
+            # them, and the cache keeps only the real length.
+            shared -= shared % PROMPT_BUCKET
         cache.crop(shared)
         self._prefix_ids = self._prefix_ids[:shared]
         rest = ids[shared:]
         if rest:
-            cache.reserve(len(rest))
-            self.model.encode(torch.tensor([rest], dtype=torch.long, device=self.device), shared, cache)
+            encoded = rest
+            if self._bucket_prompts:
+                encoded = rest + [self.config.pad_token_id or 0] * (-len(rest) % PROMPT_BUCKET)
+            cache.reserve(len(encoded))
+            self.model.encode(torch.tensor([encoded], dtype=torch.long, device=self.device), shared, cache)
             cache.length += len(rest)
             self._prefix_ids = list(ids)
         return len(rest)

@@ -20,12 +20,42 @@ def moe_experts(
     num_tokens, top_k = top_k_index.shape
     sorted_experts, order = torch.sort(top_k_index.reshape(-1))
     rows = x[order // top_k]
-    group_ends = torch.bincount(sorted_experts, minlength=gate_up_proj.shape[0]).cumsum(0, dtype=torch.int32)
+    counts = torch.bincount(sorted_experts, minlength=gate_up_proj.shape[0])
+    group_ends = counts.cumsum(0, dtype=torch.int32)
+    placement = None
+    if bounded_gemm_shapes(rows):
+        rows, group_ends, placement = _pad_groups(rows, counts, sorted_experts)
     gate, up = _grouped_linear(rows, gate_up_proj, group_ends).chunk(2, dim=-1)
     out = _grouped_linear(F.gelu(gate, approximate="tanh") * up, down_proj, group_ends)
+    if placement is not None:
+        out = out[placement]
     weighted = out * top_k_weights.reshape(-1)[order, None]
     unsorted = torch.empty_like(weighted).index_copy_(0, order, weighted)
     return unsorted.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+# On the CPU, oneDNN compiles and caches a kernel for every GEMM shape it meets in bf16/fp16 (about a megabyte each,
+# never freed), so rows-per-expert counts that change with every prompt grow the process without bound. Padding
+# each expert's group to a multiple of GROUP_ROWS rows keeps the set of shapes small. fp32 (MKL) has no such cache
+# and keeps the exact, unpadded path.
+GROUP_ROWS = 16
+
+
+def bounded_gemm_shapes(x: torch.Tensor) -> bool:
+    """Whether reduced-precision GEMMs on `x`'s device need their shapes bucketed (see GROUP_ROWS)."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+
+
+def _pad_groups(rows: torch.Tensor, counts: torch.Tensor, sorted_experts: torch.Tensor):
+    """Rows laid out with each expert's group padded to a multiple of GROUP_ROWS (zero rows), the padded group
+    ends, and where each original row sits in that layout."""
+    padded_counts = (counts + GROUP_ROWS - 1) // GROUP_ROWS * GROUP_ROWS
+    padded_ends = padded_counts.cumsum(0)
+    within_group = torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[sorted_experts]
+    placement = (padded_ends - padded_counts)[sorted_experts] + within_group
+    padded = rows.new_zeros(int(padded_ends[-1]), rows.shape[1])
+    padded[placement] = rows
+    return padded, padded_ends.to(torch.int32), placement
 
 
 def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.Tensor) -> torch.Tensor:

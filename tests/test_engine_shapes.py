@@ -1,0 +1,94 @@
+"""Bounded GEMM shapes in bf16 on the CPU: the memory stays flat across prompts, and the numbers stay the model's.
+
+oneDNN compiles and keeps a kernel for every bf16 GEMM shape it sees (about a megabyte each, never freed), so a
+server whose prompt lengths and expert group sizes change with every request grew by hundreds of MB. The serving
+engine encodes prompts in whole buckets (engine.PROMPT_BUCKET) and pads expert groups (GROUP_ROWS); fp32 keeps the
+exact, unpadded path the exactness tests pin to the reference.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+import engine.kernels.moe as moe
+from checkpoints import cached_checkpoint
+from engine.engine import PROMPT_BUCKET
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return cached_checkpoint(tmp_path_factory.getbasetemp(), kind="random")
+
+
+def test_bf16_memory_stays_flat_across_200_prompt_lengths(checkpoint):
+    """Before the buckets this grew by about 600 MB (677 -> 1302 MB); now by a few tens at most."""
+    probe = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        import engine
+
+        def rss_mb():
+            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+            return int(line.split()[1]) / 1024
+
+        eng = engine.load({str(checkpoint)!r}, device="cpu", dtype="bfloat16")
+        ids = list(range(7, 400))
+        for n in range(1, 241):  # a new length each time, and no shared prefix with the previous prompt
+            eng.generate([2, 3 + n % 2] + ids[:n], seed=n)
+            if n == 40:
+                warm = rss_mb()
+        print(warm, rss_mb())
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, cwd=TESTS.parent)
+    assert result.returncode == 0, result.stderr
+    warm, final = map(float, result.stdout.split())
+    assert final - warm < 100, f"RSS grew from {warm:.0f} to {final:.0f} MB over 200 prompt lengths"
+
+
+def test_bucketed_encoding_keeps_the_real_positions(checkpoint):
+    eng = engine.load(checkpoint, device="cpu", dtype="bfloat16")
+    assert eng._bucket_prompts
+    exact = engine.load(checkpoint, device="cpu", dtype="bfloat16")
+    exact._bucket_prompts = False
+    ids = [2, 3] + list(range(7, 7 + 45))  # 47 tokens: not a whole bucket
+    for prompt in (ids, ids + [60, 61, 62]):  # then one sharing a prefix that ends mid-bucket
+        eng._encode_prompt(prompt)
+        exact._encode_prompt(prompt)
+        assert eng._prefix_cache.length == exact._prefix_cache.length == len(prompt)
+        for layer in range(len(eng.model.layers)):
+            bucketed, plain = eng._prefix_cache.span(layer, 0, len(prompt)), exact._prefix_cache.span(layer, 0, len(prompt))
+            for a, b in zip(bucketed, plain):
+                torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)
+    assert len(ids) % PROMPT_BUCKET and eng.generate(ids, seed=0).tokens  # generation runs on the bucketed cache
+
+
+def test_float32_keeps_the_exact_unbucketed_path(checkpoint):
+    eng = engine.load(checkpoint, device="cpu", dtype="float32")
+    assert not eng._bucket_prompts
+    assert not moe.bounded_gemm_shapes(torch.zeros(2, 2)) and moe.bounded_gemm_shapes(torch.zeros(2, 2).bfloat16())
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 33])
+def test_padded_expert_groups_give_the_unpadded_result(tokens, monkeypatch):
+    generator = torch.Generator().manual_seed(tokens)
+    experts, hidden, width, top_k = 4, 32, 24, 2
+    x = torch.randn(tokens, hidden, generator=generator).bfloat16()
+    gate_up = torch.randn(experts, 2 * width, hidden, generator=generator).bfloat16() / 4
+    down = torch.randn(experts, hidden, width, generator=generator).bfloat16() / 4
+    index = torch.randint(0, experts, (tokens, top_k), generator=generator)
+    weights = torch.rand(tokens, top_k, generator=generator)
+    padded = moe.moe_experts(x, gate_up, down, index, weights)
+    monkeypatch.setattr(moe, "bounded_gemm_shapes", lambda rows: False)
+    plain = moe.moe_experts(x, gate_up, down, index, weights)
+    assert padded.shape == plain.shape == (tokens, hidden)
+    torch.testing.assert_close(padded.float(), plain.float(), atol=2e-2, rtol=2e-2)
