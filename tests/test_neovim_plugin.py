@@ -34,6 +34,11 @@ SCENARIO_TIMEOUT_S = 150
 SOURCE = 'class Shape:\n    def area(self):\n        return "🔷" + \n\n    def name(self):\n        return "shape"\n'
 HOLE_ROW = 3
 
+# A cursor in the middle of a line, before the ")" of `_w()`: the rest of the line, ").end()", must stay visible.
+MIDLINE_SOURCE = "def split(_w):\n    end = _w().end()\n    return end\n"
+MIDLINE_ROW = 2
+MIDLINE_COL = len("    end = _w(")
+
 
 def _nvim_version(nvim: str) -> tuple[int, int]:
     output = subprocess.run([nvim, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -89,10 +94,12 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_checkpoint(tmp_path_factory.mktemp("random-checkpoint"), kind="random", canvas_length=32)
 
 
-def run_scenario(nvim: str, scenario: str, tmp_path: Path, checkpoint: Path | None = None, **config) -> dict:
-    """Runs scenarios/<scenario>.lua in a fresh headless Neovim and returns what it recorded."""
+def run_scenario(nvim: str, scenario: str, tmp_path: Path, checkpoint: Path | None = None, *,
+                 source_text: str = SOURCE, plugin_on_rtp: bool = True, **config) -> dict:
+    """Runs scenarios/<scenario>.lua in a fresh headless Neovim and returns what it recorded. The plugin is put
+    first on 'runtimepath' unless `plugin_on_rtp` is false (the scenario then adds config.plugin_dir itself)."""
     source = tmp_path / "shapes.py"
-    source.write_text(SOURCE, encoding="utf-8")
+    source.write_text(source_text, encoding="utf-8")
     result_path = tmp_path / "result.json"
     settings = {"device": "cpu", **config.pop("settings", {})}
     if checkpoint is not None:
@@ -102,6 +109,7 @@ def run_scenario(nvim: str, scenario: str, tmp_path: Path, checkpoint: Path | No
         "settings": settings,
         "file": str(source),
         "row": HOLE_ROW,
+        "plugin_dir": str(PLUGIN),
         **config,
     }
     env = {
@@ -111,8 +119,8 @@ def run_scenario(nvim: str, scenario: str, tmp_path: Path, checkpoint: Path | No
         "DIFFGEMMA_TEST_CONFIG": json.dumps(test_config),
         **{f"XDG_{kind}_HOME": str(tmp_path / "xdg" / kind.lower()) for kind in ("CONFIG", "DATA", "STATE", "CACHE")},
     }
-    command = [nvim, "--headless", "-n", "--clean", "--cmd", f"set rtp^={PLUGIN}",
-               "--cmd", "runtime plugin/diffgemma.lua", "-S", str(SCENARIOS / f"{scenario}.lua")]
+    plugin = ["--cmd", f"set rtp^={PLUGIN}", "--cmd", "runtime plugin/diffgemma.lua"] if plugin_on_rtp else []
+    command = [nvim, "--headless", "-n", "--clean", *plugin, "-S", str(SCENARIOS / f"{scenario}.lua")]
     try:
         completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                                    timeout=SCENARIO_TIMEOUT_S)
@@ -195,6 +203,8 @@ def test_offline_text_rules_and_option_errors(debian_nvim: str, tmp_path: Path) 
     assert "call require('diffgemma').setup() first" in result["accept_before_setup"]
     assert {":Diffgemma", "diffgemma-setup", "diffgemma-settings", "diffgemma-keymaps", "diffgemma-health"} <= set(
         result["help_tags"])
+    # The shipped doc/tags is what :helptags generates from the help file.
+    assert result["help_tags_file"] == (PLUGIN / "doc" / "tags").read_text(encoding="utf-8").splitlines()
 
 
 def test_fallback_ghost_text_appears_and_tab_accepts_it(debian_nvim, item_checkpoint, tmp_path) -> None:
@@ -202,6 +212,7 @@ def test_fallback_ghost_text_appears_and_tab_accepts_it(debian_nvim, item_checkp
     _check_accept(result, "ghost", "overlay")
     _check_health(result["health"], "the plugin draws ghost text with extmarks")
     assert result["restarted_attached"] is True
+    _check_restart_status(result)
 
 
 def test_fallback_partial_accept_dismiss_and_clearing(debian_nvim, item_checkpoint, tmp_path) -> None:
@@ -245,8 +256,9 @@ def _check_partial(result: dict, mode: str) -> None:
     word = _next_word(rest)
     assert word != rest, f"the suggestion needs several words for this test: {rest!r}"
     assert result["line_after_word"] == line + word
-    if mode == "ghost":  # the rest stays on screen (vim.lsp.inline_completion asks the server again)
-        assert result["ghost_right_after_word"]["lines"][0] == rest[len(word):]
+    # The rest stays on screen right after the partial accept, before any new answer (no blink).
+    assert result["ghost_right_after_word"] is not None, "the ghost text disappeared after the partial accept"
+    assert result["ghost_right_after_word"]["lines"][0] == rest[len(word):]
     assert result["ghost_after_word"]["lines"][0] == rest[len(word):]
     assert result["line_after_line"] == result["line_after_word"] + result["ghost_after_word"]["lines"][0]
     assert result["stats"]["acceptances"] >= 1
@@ -259,12 +271,21 @@ def _check_partial(result: dict, mode: str) -> None:
     assert result["ghost_after_enable"]["lines"][0].strip()
 
 
+def _check_restart_status(result: dict) -> None:
+    """The old server's exit (a fast event) fired User DiffgemmaStatus "stopped", without E5560."""
+    assert "stopped" in result["status_events"], result["status_events"]
+    assert result["status_events"][-1] == "ready", result["status_events"]
+    assert "E5560" not in result["messages_after_restart"], result["messages_after_restart"]
+    assert "status.lua" not in result["messages_after_restart"], result["messages_after_restart"]
+
+
 def test_native_ghost_text_appears_and_tab_accepts_it(nvim_012, item_checkpoint, tmp_path) -> None:
     result = run_scenario(nvim_012, "accept", tmp_path, item_checkpoint)
-    # vim.lsp.inline_completion overlays items whose range is not empty.
-    _check_accept(result, "native", "overlay")
+    # The plugin narrows the server's item to an empty range at the cursor: Neovim draws it inline.
+    _check_accept(result, "native", "inline")
     _check_health(result["health"], "vim.lsp.inline_completion is available")
     assert result["restarted_attached"] is True
+    _check_restart_status(result)
 
 
 def test_native_partial_accept_and_dismiss(nvim_012, item_checkpoint, tmp_path) -> None:
@@ -279,3 +300,167 @@ def test_plugin_ghost_text_on_012_uses_inline_virtual_text(nvim_012, item_checkp
 def test_native_cycles_through_candidates(nvim_012, random_checkpoint, tmp_path) -> None:
     result = run_scenario(nvim_012, "cycle", tmp_path, random_checkpoint, settings={"candidates": 3, "seed": 1})
     _check_cycle(result, "native")
+
+
+def test_native_mid_line_suggestion_keeps_the_rest_of_the_line(nvim_012, item_checkpoint, tmp_path) -> None:
+    result = run_scenario(nvim_012, "midline", tmp_path, item_checkpoint, source_text=MIDLINE_SOURCE,
+                          row=MIDLINE_ROW, col=MIDLINE_COL)
+    assert result["mode"] == "native"
+    line = result["before"]
+    typed, after = line[:MIDLINE_COL], line[MIDLINE_COL:]
+    assert after == ").end()"
+    item = result["item"]  # as the server sent it: the line up to the cursor is replaced
+    assert item["range"]["start"] == {"line": MIDLINE_ROW - 1, "character": 0}
+    assert item["insertText"].startswith(typed)
+    rest = item["insertText"][len(typed):]
+    assert rest.strip() and "\n" not in rest, f"the test needs a one-line suggestion: {item!r}"
+    ghost = result["ghost"]
+    assert ghost["position"] == "inline", "an overlay hides the rest of the line"
+    assert (ghost["row"], ghost["col"]) == (MIDLINE_ROW - 1, MIDLINE_COL)
+    assert ghost["lines"] == [rest]
+    # What the user sees: the suggestion between "(" and ")", the rest of the line after it.
+    assert result["screen"] == typed + rest + after
+    assert result["after"] == typed + rest + after
+    assert result["cursor_after"] == [MIDLINE_ROW, len((typed + rest).encode())]
+
+
+def test_native_typing_over_a_suggestion_drops_it(nvim_012, item_checkpoint, tmp_path) -> None:
+    result = run_scenario(nvim_012, "mismatch", tmp_path, item_checkpoint)
+    assert result["mode"] == "native"
+    assert not result["ghost"]["lines"][0].startswith(result["typed"])
+    typed_line = result["line"] + result["typed"]
+    assert result["line_after_typing"] == typed_line
+    assert result["ghost_right_after_typing"] is None, (
+        f"a stale suggestion stayed on screen after typing {result['typed']!r}: {result['ghost_right_after_typing']}")
+    assert result["screen_right_after_typing"].endswith('+ ' + result["typed"])
+    # A fresh suggestion for the new text follows, without another keystroke.
+    assert result["answers_after_typing"] >= 1
+    item = result["fresh_item"]
+    assert item["insertText"].startswith(typed_line)
+    assert result["fresh"]["lines"] == item["insertText"][len(typed_line):].split("\n")
+    assert (result["fresh"]["row"], result["fresh"]["col"]) == (HOLE_ROW - 1, len(typed_line.encode()))
+
+
+def _check_loading(result: dict, mode: str) -> None:
+    assert result["mode"] == mode
+    assert result["state_at_insert"] == "loading"
+    # The request of InsertEnter reached the server while it loaded the model, and got nothing.
+    states, answers = result["answer_states"], result["answers"]
+    assert states and states[0] == "loading", states
+    first = answers[0]
+    assert not (first.get("items") if isinstance(first, dict) else first), first
+    # Then, with no keystroke, a suggestion once the model is ready.
+    item, line = result["item"], result["line"]
+    assert item["insertText"].startswith(line)
+    assert result["ghost"]["lines"] == item["insertText"][len(line):].split("\n")
+
+
+def test_native_suggestion_once_the_model_is_ready(nvim_012, item_checkpoint, tmp_path) -> None:
+    _check_loading(run_scenario(nvim_012, "loading", tmp_path, item_checkpoint), "native")
+
+
+def test_fallback_suggestion_once_the_model_is_ready(debian_nvim, item_checkpoint, tmp_path) -> None:
+    _check_loading(run_scenario(debian_nvim, "loading", tmp_path, item_checkpoint), "ghost")
+
+
+def _bad_commands(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Server commands that cannot serve, with what the plugin must say about each."""
+    missing = tmp_path / "nowhere" / "diffgemma-lsp"
+    not_executable = tmp_path / "not-executable-diffgemma-lsp"
+    not_executable.write_text("#!/bin/sh\n", encoding="utf-8")
+    not_executable.chmod(0o644)
+    wrong = tmp_path / "not-a-language-server"
+    wrong.write_text("#!/bin/sh\necho 'usage: not-a-language-server' >&2\nexit 3\n", encoding="utf-8")
+    wrong.chmod(0o755)
+    return {
+        "missing": ([str(missing), "--stdio"], "is missing"),
+        "not_executable": ([str(not_executable), "--stdio"], "is not executable"),
+        "wrong": ([str(wrong), "--stdio"], "exited (code 3) before it initialized"),
+    }
+
+
+def _check_bad_command(result: dict, cmd: list[str], problem: str) -> None:
+    status = result["status"]
+    assert status["state"] == "error"
+    assert cmd[0] in status["message"] and problem in status["message"], status
+    # Shown to the user (vim.notify at ERROR level lands in :messages), naming the command.
+    assert "diffgemma: " in result["messages"] and cmd[0] in result["messages"], result["messages"]
+    assert problem in result["messages"], result["messages"]
+    health = "\n".join(result["health"])
+    assert "ERROR" in health
+    assert "pip install diffgemma-lsp" not in health
+    if problem != "exited (code 3) before it initialized":
+        assert f"the server command cannot run: {cmd[0]} {problem}" in health, health
+        assert "make install" in health and ".venv/bin/diffgemma-lsp" in health, health
+        assert "not on PyPI" in health, health
+        assert f"the server is not running: it cannot start, {cmd[0]} {problem}" in health, health
+    else:
+        assert f"{cmd[0]} --version exited with 3" in health, health
+        assert "the server is not running: the server" in health and problem in health, health
+    assert "it starts with the first buffer" not in health, health
+
+
+def test_native_reports_a_missing_or_wrong_server_command(nvim_012, tmp_path) -> None:
+    for name, (cmd, problem) in _bad_commands(tmp_path).items():
+        case = tmp_path / name
+        case.mkdir()
+        _check_bad_command(run_scenario(nvim_012, "bad_cmd", case, cmd=cmd), cmd, problem)
+
+
+def test_fallback_reports_a_missing_server_command(debian_nvim, tmp_path) -> None:
+    cmd, problem = _bad_commands(tmp_path)["missing"]
+    _check_bad_command(run_scenario(debian_nvim, "bad_cmd", tmp_path, cmd=cmd), cmd, problem)
+
+
+def test_fetched_012_finds_its_bundled_parsers(nvim_012, tmp_path) -> None:
+    # An install made before the fix has no usr/lib/lib/nvim; re-running the script repairs it.
+    lib_dir = Path(nvim_012).resolve().parents[1] / "root" / "usr" / "lib" / "lib"
+    if (lib_dir / "nvim").is_symlink():
+        (lib_dir / "nvim").unlink()
+        lib_dir.rmdir()
+    fetched = subprocess.run(["bash", str(FETCH_NVIM_012)], capture_output=True, text=True, timeout=600)
+    assert fetched.returncode == 0, fetched.stderr
+    result = run_scenario(nvim_012, "parsers", tmp_path)
+    assert result["edit_error"] is None, result["edit_error"]
+    assert result["errmsg"] == "", result["errmsg"]
+    assert result["filetype"] == "lua"
+    assert result["parser_added"] is True
+    assert result["parsed"] == "chunk"
+    assert result["parser_files"], "no parser/lua.so on 'runtimepath'"
+
+
+@pytest.mark.parametrize("nvim_fixture", ["debian_nvim", "nvim_012"])
+def test_help_with_the_readme_manual_setup(nvim_fixture, request, tmp_path) -> None:
+    result = run_scenario(request.getfixturevalue(nvim_fixture), "help", tmp_path, plugin_on_rtp=False)
+    for entry in result["help"]:
+        assert entry["error"] is None, entry
+        assert entry["file"] == "diffgemma.txt", entry
+        assert f"*{entry['subject']}*" in entry["line"], entry
+
+
+HELP = PLUGIN / "doc" / "diffgemma.txt"
+HELP_TAGS = PLUGIN / "doc" / "tags"
+
+
+def test_shipped_help_tags_match_the_help_file() -> None:
+    """doc/tags is committed (manual setups never run :helptags): it must list every tag of the help file."""
+    # Vim's tag definitions: *tag* delimited by white space (or the line's ends).
+    defined = set(re.findall(r"(?:^|(?<=\s))\*([^*\s|]+)\*(?=\s|$)", HELP.read_text(encoding="utf-8"), re.M))
+    assert {"diffgemma", "diffgemma.txt", "diffgemma-setup", ":Diffgemma"} <= defined
+    shipped = [line.split("\t") for line in HELP_TAGS.read_text(encoding="utf-8").splitlines()]
+    assert all(fields[1:] == ["diffgemma.txt", f"/*{fields[0]}*"] for fields in shipped), shipped
+    assert {fields[0] for fields in shipped} == defined
+    assert [fields[0] for fields in shipped] == sorted(fields[0] for fields in shipped)
+
+
+def test_install_advice_is_the_real_install() -> None:
+    """diffgemma-lsp is not on PyPI: the plugin's help, health check and the README's Neovim section say how
+    to install it from a clone."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    neovim_section = readme[readme.index("### Neovim"):readme.index("### Emacs")]
+    health = (PLUGIN / "lua" / "diffgemma" / "health.lua").read_text(encoding="utf-8")
+    for name, text in {"help": HELP.read_text(encoding="utf-8"), "health": health, "README": neovim_section}.items():
+        assert "pip install diffgemma-lsp" not in text, name
+        assert ".venv/bin/diffgemma-lsp" in text, name
+    for text in (HELP.read_text(encoding="utf-8"), health):
+        assert "make install" in text and "pip install -e ." in text

@@ -1,7 +1,10 @@
 """The VS Code extension's Node tests (editor_clients/vscode), run from pytest.
 
-* test/unit: the extension's own logic (settings, status bar, commands, session, canvas preview) against a
-  stubbed ``vscode`` module, which only exists inside VS Code.
+* test/unit: the extension's own logic (settings, status bar and its menu, snooze, per-language enable, commands,
+  session, canvas preview) against a stubbed ``vscode`` module, which only exists inside VS Code.
+* test/package: in a fresh copy of the extension (sources plus the installed node_modules, no build output),
+  ``npm test`` passes with nothing built beforehand, and ``npm run package`` writes a .vsix whose bundle is
+  minified and names no source map the package lacks.
 * test/protocol: the messages vscode-languageclient sends for the extension, against the real diffgemma-lsp
   started with this interpreter on a tiny checkpoint.
 
@@ -60,7 +63,14 @@ def test_extension_logic_against_stubbed_vscode(node: str) -> None:
     completed = _run([node, "--test", "out/test/unit/"], 300)
     passed, failed = _node_test_counts(completed.stdout)
     assert completed.returncode == 0 and failed == 0, completed.stdout + completed.stderr
-    assert passed >= 25
+    assert passed >= 45
+
+
+def test_extension_packaging_from_a_fresh_checkout(node: str) -> None:
+    completed = _run([node, "--test", "out/test/package/"], 600)
+    passed, failed = _node_test_counts(completed.stdout)
+    assert completed.returncode == 0 and failed == 0, completed.stdout + completed.stderr
+    assert passed == 2, completed.stdout
 
 
 def test_extension_protocol_against_real_server(node: str, tmp_path: Path) -> None:

@@ -23,9 +23,20 @@ nvim_minor() {  # the minor version of the nvim at $1, or nothing
     "$1" --version 2>/dev/null | sed -n '1s/^NVIM v0\.\([0-9][0-9]*\)\..*/\1/p'
 }
 
+# Neovim finds its bundled tree-sitter parsers (usr/lib/nvim/parser) in "../lib/nvim" beside its executable,
+# and the executable it sees (/proc/self/exe) is the dynamic loader in usr/lib/<multiarch>: it looks in
+# usr/lib/lib/nvim. A link from there to usr/lib/nvim lets it find them (and fixes an older install).
+link_lib_dir() {
+    if [[ -d "$root/usr/lib/nvim" && ! -e "$root/usr/lib/lib/nvim" ]]; then
+        mkdir -p "$root/usr/lib/lib"
+        ln -sfn ../nvim "$root/usr/lib/lib/nvim"
+    fi
+}
+
 if [[ -x "$wrapper" ]]; then
     minor="$(nvim_minor "$wrapper")"
     if [[ -n "$minor" && "$minor" -ge "$minimum_minor" ]]; then
+        link_lib_dir
         echo "$wrapper"
         exit 0
     fi
@@ -79,6 +90,7 @@ mkdir -p "$root"
 for deb in "$cache_dir"/debs/*.deb; do
     dpkg-deb -x "$deb" "$root"
 done
+link_lib_dir
 
 lib_dirs="$root/usr/lib/$multiarch:$root/lib/$multiarch"
 mkdir -p "$(dirname "$wrapper")"

@@ -5,6 +5,7 @@ local H = {}
 
 H.result = {}
 H.responses = {} -- results of textDocument/inlineCompletion, in arrival order
+H.response_states = {} -- the plugin's server state when each of them arrived
 
 local result_path = assert(os.getenv('DIFFGEMMA_TEST_RESULT'), 'DIFFGEMMA_TEST_RESULT is not set')
 local scenario
@@ -77,22 +78,52 @@ function H.client()
   end
 end
 
---- Records every textDocument/inlineCompletion result `client` receives in H.responses.
+--- Records every textDocument/inlineCompletion result `client` receives from the server in H.responses, as
+--- the server sent it (before the plugin or Neovim looks at it).
 function H.record_inline_completions(client)
-  local original = client.request
-  client.request = function(...)
-    local args = { ... }
-    local count = select('#', ...)
-    local offset = args[1] == client and 1 or 0 -- method call (0.11+) or function call
-    if args[1 + offset] == 'textDocument/inlineCompletion' then
-      local handler = args[3 + offset]
-      args[3 + offset] = function(err, result, ctx, config)
-        table.insert(H.responses, result)
-        return handler(err, result, ctx, config)
+  local rpc = client.rpc
+  local original = rpc.request
+  rpc.request = function(method, params, callback, ...)
+    if method == 'textDocument/inlineCompletion' and callback then
+      local inner = callback
+      callback = function(err, result, ...)
+        if result ~= nil then
+          table.insert(H.responses, vim.deepcopy(result))
+          table.insert(H.response_states, require('diffgemma').status().state)
+        end
+        return inner(err, result, ...)
       end
     end
-    return original(unpack(args, 1, count))
+    return original(method, params, callback, ...)
   end
+end
+
+--- The text on the screen where line `row` (1-based) of the current window is drawn (trailing blanks cut).
+function H.screen_line(row)
+  vim.cmd('redraw')
+  local position = vim.fn.screenpos(0, row, 1)
+  local chars = {}
+  for col = position.col, vim.o.columns do
+    table.insert(chars, vim.fn.screenstring(position.row, col))
+  end
+  return (table.concat(chars):gsub('%s+$', ''))
+end
+
+--- The messages shown so far (:messages).
+function H.messages()
+  return vim.api.nvim_exec('messages', true)
+end
+
+--- Records the state of every `User DiffgemmaStatus` autocommand in H.result.status_events.
+function H.record_status_events()
+  H.result.status_events = {}
+  vim.api.nvim_create_autocmd('User', {
+    pattern = 'DiffgemmaStatus',
+    callback = function(args)
+      local data = args.data -- 0.8+
+      table.insert(H.result.status_events, data and data.state or require('diffgemma').status().state)
+    end,
+  })
 end
 
 --- The ghost text drawn in `bufnr` by the active mode (the plugin's extmarks, or vim.lsp.inline_completion's):
@@ -130,11 +161,11 @@ function H.ghost(bufnr)
 end
 
 --- Waits for ghost text different from `previous` (any ghost text when nil) and returns it.
-function H.wait_for_ghost(bufnr, previous, what)
+function H.wait_for_ghost(bufnr, previous, what, timeout_ms)
   return H.wait(function()
     local ghost = H.ghost(bufnr)
     return ghost and not vim.deep_equal(ghost, previous) and ghost
-  end, 30000, what or 'ghost text')
+  end, timeout_ms or 30000, what or 'ghost text')
 end
 
 function H.wait_until_no_ghost(bufnr, what)

@@ -11,7 +11,10 @@ import {
 import type { ServerClient } from './session';
 import type { ServerCommand, ServerSettings } from './settings';
 
-/** The documents the server is told about; it decides per language (diffgemma.enabledLanguages). */
+/**
+ * The documents the server is told about. Whether one gets inline completions is decided per language by the
+ * session's middleware (diffgemma.enable, the snooze) and by the server (diffgemma.enabledLanguages).
+ */
 export const DOCUMENT_SELECTOR = [{ scheme: 'file' }, { scheme: 'untitled' }];
 
 export function serverExecutable(command: ServerCommand): Executable {

@@ -1,10 +1,12 @@
 import * as vscode from 'vscode';
 import type { Middleware } from 'vscode-languageclient';
 import { CanvasPreview } from './canvasPreview';
+import type { CompletionGate } from './menu';
 import { CANVAS_NOTIFICATION, STATUS_NOTIFICATION, type CanvasParams, type StatusParams } from './protocol';
 import {
   canvasPreviewEnabled,
   completionsEnabled,
+  completionsEnabledFor,
   RESTART_SETTINGS,
   SECTION,
   SERVER_SETTINGS,
@@ -13,6 +15,7 @@ import {
   type ServerCommand,
   type ServerSettings,
 } from './settings';
+import { Snooze } from './snooze';
 import { StatusIndicator } from './statusIndicator';
 
 /** The parts of vscode-languageclient's LanguageClient the extension drives (see languageClient.ts). */
@@ -37,23 +40,41 @@ function configuration(): vscode.WorkspaceConfiguration {
 }
 
 /**
+ * How to get the server: diffgemma-lsp is not published on PyPI, it is installed from a clone of its repository.
+ * Shown when the server cannot be started.
+ */
+export const INSTALL_HINT =
+  'diffgemma-lsp is not on PyPI: clone its repository, run "make install" in the clone ' +
+  '(or "python3 -m venv .venv && .venv/bin/pip install -e ."), then set "diffgemma.server.command" to the ' +
+  "clone's .venv/bin/diffgemma-lsp.";
+
+/**
  * One running diffgemma-lsp at a time: starts it, restarts it when its command changes, forwards setting
- * changes, feeds the status bar and the canvas preview, and gates inline completions on `diffgemma.enable`.
+ * changes, feeds the status bar and the canvas preview, and gates inline completions on `diffgemma.enable`
+ * (per language) and on the snooze.
  */
 export class DiffgemmaSession implements vscode.Disposable {
   private client: ServerClient | undefined;
   private clientSubscriptions: vscode.Disposable[] = [];
+  private readonly snoozeSubscription: { dispose(): void };
 
   constructor(
     private readonly createClient: ClientFactory,
     private readonly status: StatusIndicator,
     private readonly canvas: CanvasPreview,
     private readonly log: vscode.LogOutputChannel,
-  ) {}
+    readonly snooze: Snooze = new Snooze(),
+  ) {
+    this.snoozeSubscription = snooze.onDidChange(() => {
+      this.canvas.clear();
+      this.refreshStatus();
+    });
+    this.refreshStatus();
+  }
 
   readonly middleware: Middleware = {
     provideInlineCompletionItems: async (document, position, context, token, next) => {
-      if (!completionsEnabled(configuration())) {
+      if (!this.completionsAllowed(document.languageId)) {
         return null;
       }
       try {
@@ -63,6 +84,28 @@ export class DiffgemmaSession implements vscode.Disposable {
       }
     },
   };
+
+  /** Whether a document of `languageId` gets inline completions now: enabled for it and not snoozed. */
+  completionsAllowed(languageId: string | undefined): boolean {
+    return !this.snooze.active && completionsEnabledFor(configuration(), languageId);
+  }
+
+  /** The state the status bar item and its menu show, for the active editor's language. */
+  gate(): CompletionGate {
+    const config = configuration();
+    const language = vscode.window.activeTextEditor?.document.languageId;
+    return {
+      enabledEverywhere: completionsEnabled(config),
+      language,
+      enabledForLanguage: language === undefined ? undefined : completionsEnabledFor(config, language),
+      snoozedUntil: this.snooze.snoozedUntil,
+    };
+  }
+
+  /** Re-renders the enabled / snoozed part of the status bar item (after a setting, editor or snooze change). */
+  refreshStatus(): void {
+    this.status.setGate(this.gate());
+  }
 
   async start(): Promise<void> {
     const config = configuration();
@@ -87,7 +130,7 @@ export class DiffgemmaSession implements vscode.Disposable {
       const message = `could not start "${[command.command, ...command.args, '--stdio'].join(' ')}": ${reason}`;
       this.log.error(message);
       this.status.set('stopped', message);
-      void this.offerHelp(`DiffGemma ${message}. Install diffgemma-lsp or set "diffgemma.server.command".`, true);
+      void this.offerHelp(`DiffGemma ${message}. ${INSTALL_HINT}`, true);
     }
   }
 
@@ -119,7 +162,7 @@ export class DiffgemmaSession implements vscode.Disposable {
     const config = configuration();
     const affects = (key: string) => event.affectsConfiguration(`${SECTION}.${key}`);
     if (affects('enable')) {
-      this.status.setEnabled(completionsEnabled(config));
+      this.refreshStatus();
       this.canvas.clear();
     }
     if (RESTART_SETTINGS.some(affects)) {
@@ -138,6 +181,7 @@ export class DiffgemmaSession implements vscode.Disposable {
   }
 
   dispose(): void {
+    this.snoozeSubscription.dispose();
     void this.stop();
   }
 
@@ -165,8 +209,8 @@ export class DiffgemmaSession implements vscode.Disposable {
   }
 
   private onCanvas(params: CanvasParams): void {
-    const config = configuration();
-    if (canvasPreviewEnabled(config) && completionsEnabled(config)) {
+    const editor = vscode.window.visibleTextEditors.find((e) => e.document.uri.toString() === params.uri);
+    if (canvasPreviewEnabled(configuration()) && editor && this.completionsAllowed(editor.document.languageId)) {
       this.canvas.show(params);
     }
   }

@@ -75,8 +75,71 @@ export function serverSettings(config: ConfigurationReader): ServerSettings {
   };
 }
 
+/**
+ * `diffgemma.enable`: inline completions on or off per VS Code language id, with `*` for every language not
+ * listed (the shape of Copilot's `github.copilot.enable`). Prose and commit-message buffers are off by default.
+ */
+export type EnableSetting = Record<string, boolean>;
+
+/** The `*` key of `diffgemma.enable`: the choice for languages without their own entry. */
+export const ALL_LANGUAGES = '*';
+
+export const DEFAULT_ENABLE: Readonly<EnableSetting> = Object.freeze({
+  [ALL_LANGUAGES]: true,
+  plaintext: false,
+  markdown: false,
+  scminput: false,
+  'git-commit': false,
+  'git-rebase': false,
+});
+
+/**
+ * The effective `diffgemma.enable` object: the defaults overlaid with the user's entries (VS Code merges object
+ * settings with their default the same way). A boolean (the setting's earlier shape) switches all languages.
+ */
+export function enableSetting(config: ConfigurationReader): EnableSetting {
+  const value = config.get<unknown>('enable');
+  if (typeof value === 'boolean') {
+    return { [ALL_LANGUAGES]: value };
+  }
+  const merged: EnableSetting = { ...DEFAULT_ENABLE };
+  if (value && typeof value === 'object' && !Array.isArray(value)) {
+    for (const [language, enabled] of Object.entries(value as Record<string, unknown>)) {
+      if (typeof enabled === 'boolean') {
+        merged[language] = enabled;
+      }
+    }
+  }
+  return merged;
+}
+
+/** Whether `*` is on: completions for every language without an entry of its own. */
 export function completionsEnabled(config: ConfigurationReader): boolean {
-  return config.get<boolean>('enable') ?? true;
+  return enableSetting(config)[ALL_LANGUAGES] ?? true;
+}
+
+/** Whether documents of `languageId` get inline completions: their own entry, else `*`. */
+export function completionsEnabledFor(config: ConfigurationReader, languageId: string | undefined): boolean {
+  const setting = enableSetting(config);
+  if (languageId !== undefined && Object.prototype.hasOwnProperty.call(setting, languageId)) {
+    return setting[languageId];
+  }
+  return setting[ALL_LANGUAGES] ?? true;
+}
+
+/**
+ * The value to write to `diffgemma.enable` (at the scope that held `current`) to set one key: `*` or a language
+ * id. Other entries are kept; a legacy boolean becomes the `*` entry.
+ */
+export function withEnableEntry(current: unknown, key: string, enabled: boolean): EnableSetting {
+  const base: EnableSetting =
+    typeof current === 'boolean'
+      ? { [ALL_LANGUAGES]: current }
+      : current && typeof current === 'object' && !Array.isArray(current)
+        ? { ...(current as EnableSetting) }
+        : {};
+  base[key] = enabled;
+  return base;
 }
 
 export function canvasPreviewEnabled(config: ConfigurationReader): boolean {

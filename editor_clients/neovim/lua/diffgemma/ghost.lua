@@ -310,6 +310,15 @@ function M.cycle(bufnr, step)
   render(bufnr, state)
 end
 
+--- The model became ready: a buffer in insert mode asks for the suggestion it could not get while loading.
+function M.refresh()
+  local bufnr = vim.api.nvim_get_current_buf()
+  local state = states[bufnr]
+  if state and enabled and in_insert_mode() and not state.shown then
+    schedule_request(bufnr, state)
+  end
+end
+
 --- Hides the suggestion until the next edit.
 function M.dismiss(bufnr)
   reset(bufnr, states[bufnr])

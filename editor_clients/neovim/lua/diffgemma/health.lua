@@ -5,6 +5,14 @@ local status = require('diffgemma.status')
 
 local M = {}
 
+-- How to get the server: it is not on PyPI; it installs from a clone of the repository.
+local INSTALL_ADVICE = {
+  'diffgemma-lsp is not on PyPI: clone the diffgemma-lsp repository and run `make install` in the clone '
+    .. '(or `python -m venv .venv && .venv/bin/pip install -e .` there)',
+  "then point cmd at it in setup(): cmd = { '/path/to/clone/.venv/bin/diffgemma-lsp', '--stdio' } "
+    .. '(or put that .venv/bin on PATH)',
+}
+
 -- Long enough for `diffgemma-lsp --version`, which imports torch.
 local VERSION_TIMEOUT_MS = 20000
 
@@ -72,20 +80,20 @@ function M.check()
   health.info('filetypes: ' .. table.concat(config.filetypes, ', '))
 
   health.start('diffgemma: server')
-  local executable = config.cmd[1]
-  if vim.fn.executable(executable) == 1 then
-    health.ok(('%s found: %s'):format(executable, vim.fn.exepath(executable)))
-    local server_version_text, problem = server_version(config.cmd)
+  local cmd = server.cmd()
+  local problem = type(cmd) == 'table' and server.cmd_problem(cmd)
+  if type(cmd) ~= 'table' then
+    health.info('cmd is a function (set with vim.lsp.config): not checked')
+  elseif not problem then
+    health.ok(('%s found: %s'):format(cmd[1], vim.fn.exepath(cmd[1])))
+    local server_version_text, version_problem = server_version(cmd)
     if server_version_text then
       health.ok(server_version_text)
     else
-      health.error(problem)
+      health.error(version_problem)
     end
   else
-    health.error(('%s is not executable or not on PATH'):format(executable), {
-      'pip install diffgemma-lsp (into the Python environment whose bin/ is on PATH)',
-      "or set cmd in setup(), e.g. cmd = { '/path/to/venv/bin/diffgemma-lsp', '--stdio' }",
-    })
+    health.error(('the server command cannot run: %s'):format(problem), INSTALL_ADVICE)
   end
 
   health.start('diffgemma: model')
@@ -102,7 +110,14 @@ function M.check()
   health.start('diffgemma: running server')
   local clients = server.clients()
   if #clients == 0 then
-    health.info('the server is not running (it starts with the first buffer of a configured filetype)')
+    if problem then
+      health.error(('the server is not running: it cannot start, %s (see above)'):format(problem))
+    elseif status.current.state == 'error' then
+      health.error('the server is not running: ' .. (status.current.message or 'it failed'),
+        { ':Diffgemma log shows what the server said', ':Diffgemma restart' })
+    else
+      health.info('the server is not running (it starts with the first buffer of a configured filetype)')
+    end
     return
   end
   local current = status.current

@@ -98,6 +98,14 @@ local function on_attach(client, bufnr)
   set_keymaps(bufnr)
 end
 
+-- The model is ready (after loading, or a restart): a buffer in insert mode gets the suggestion that its
+-- request during the load could not (the server answers nothing then) without another keystroke.
+status.subscribe(function(state, previous)
+  if backend and enabled and state == 'ready' and previous ~= 'ready' and previous ~= 'busy' then
+    backend.refresh()
+  end
+end)
+
 local function define_highlights()
   vim.cmd('highlight default link DiffgemmaGhostText Comment')
   vim.cmd('highlight default link DiffgemmaGhostHint NonText')

@@ -15,7 +15,37 @@ function M.append_log(line)
   end
 end
 
---- Records a new state, tells the user about a new error, and fires `User DiffgemmaStatus`.
+M.listeners = {} ---@type fun(state: string, previous: string)[]
+
+--- Calls `callback(state, previous)` after every change of state (outside fast events).
+function M.subscribe(callback)
+  table.insert(M.listeners, callback)
+end
+
+local function announce(state, message, previous)
+  if state == 'error' and previous ~= 'error' then
+    -- Soon, not now: an error message inside a command (the :edit whose FileType found no server to start)
+    -- would make that command fail.
+    vim.schedule(function()
+      vim.notify('diffgemma: ' .. (message or 'the server reported an error'), vim.log.levels.ERROR)
+    end)
+  end
+  for _, listener in ipairs(M.listeners) do
+    local ok, err = pcall(listener, state, previous)
+    if not ok then
+      M.append_log('status listener failed: ' .. tostring(err))
+    end
+  end
+  local opts = { pattern = 'DiffgemmaStatus', modeline = false }
+  if vim.fn.has('nvim-0.8') == 1 then -- 0.7 has no autocommand data
+    opts.data = { state = state, message = message, previous = previous }
+  end
+  vim.api.nvim_exec_autocmds('User', opts)
+end
+
+--- Records a new state, tells the user about a new error, and fires `User DiffgemmaStatus` (on 0.8+ with
+--- data = { state, message, previous }). From a fast event (the server process exiting) the notification,
+--- the listeners and the autocommand run soon after, with vim.schedule: the API is not allowed there.
 ---@param state string loading|ready|busy|error|stopped
 ---@param message string|nil
 function M.set(state, message)
@@ -24,10 +54,13 @@ function M.set(state, message)
   if state ~= 'busy' then
     M.append_log(('status: %s%s'):format(state, message and message ~= '' and (' (' .. message .. ')') or ''))
   end
-  if state == 'error' and previous ~= 'error' then
-    vim.notify('diffgemma: ' .. (message or 'the server reported an error'), vim.log.levels.ERROR)
+  if vim.in_fast_event() then
+    vim.schedule(function()
+      announce(state, message, previous)
+    end)
+  else
+    announce(state, message, previous)
   end
-  vim.api.nvim_exec_autocmds('User', { pattern = 'DiffgemmaStatus', modeline = false })
 end
 
 local LOG_TYPES = { 'error', 'warning', 'info', 'log', 'debug' }

@@ -1,5 +1,6 @@
 -- Ghost text appears for a hole, <Tab> puts the suggestion in the buffer and the server counts the
--- acceptance; then (unless config.accept_only) :checkhealth diffgemma and a server restart.
+-- acceptance; then (unless config.accept_only) :checkhealth diffgemma and a server restart (its status events and
+-- messages).
 local H = dofile(os.getenv('DIFFGEMMA_TEST_HARNESS'))
 H.run(function()
   local config = H.config()
@@ -24,7 +25,9 @@ H.run(function()
   vim.cmd('checkhealth diffgemma')
   H.result.health = H.lines(vim.api.nvim_get_current_buf())
 
-  -- A restart replaces the server process and attaches the new one to the buffer.
+  -- A restart replaces the server process and attaches the new one to the buffer. The old one's exit (a fast
+  -- event) fires User DiffgemmaStatus with "stopped" without an error.
+  H.record_status_events()
   local old_id = client.id
   require('diffgemma').restart()
   local restarted = H.wait(function()
@@ -32,4 +35,5 @@ H.run(function()
     return new and new.id ~= old_id and require('diffgemma').status().state == 'ready' and new
   end, 90000, 'the restarted server to be ready')
   H.result.restarted_attached = vim.lsp.buf_is_attached(bufnr, restarted.id)
+  H.result.messages_after_restart = H.messages()
 end)

@@ -37,7 +37,8 @@ H.run(function()
   vim.fn.writefile(vim.fn.readfile(help), doc .. '/diffgemma.txt')
   vim.cmd('helptags ' .. vim.fn.fnameescape(doc))
   H.result.help_tags = {}
-  for _, line in ipairs(vim.fn.readfile(doc .. '/tags')) do
+  H.result.help_tags_file = vim.fn.readfile(doc .. '/tags')
+  for _, line in ipairs(H.result.help_tags_file) do
     table.insert(H.result.help_tags, vim.split(line, '\t')[1])
   end
 end)

@@ -4,7 +4,9 @@ import { beforeEach, test } from 'node:test';
 import { CanvasPreview } from '../../src/canvasPreview';
 import { CANVAS_NOTIFICATION, STATUS_NOTIFICATION } from '../../src/protocol';
 import { DiffgemmaSession } from '../../src/session';
+import { Snooze } from '../../src/snooze';
 import { StatusIndicator } from '../../src/statusIndicator';
+import { FakeClock } from './fakeClock';
 import { recordingFactory } from './recordingClient';
 import { StatusBarAlignment, StubLogOutputChannel, StubStatusBarItem, StubTextEditor, stubState } from './vscodeStub';
 
@@ -16,11 +18,28 @@ function setup(prepare?: Parameters<typeof recordingFactory>[0]) {
   const canvas = new CanvasPreview();
   const log = new StubLogOutputChannel('DiffGemma');
   const { clients, factory } = recordingFactory(prepare);
-  const session = new DiffgemmaSession(factory as any, status, canvas, log as any);
-  return { item, status, canvas, log, clients, session };
+  const clock = new FakeClock();
+  const snooze = new Snooze(clock);
+  const session = new DiffgemmaSession(factory as any, status, canvas, log as any, snooze);
+  return { item, status, canvas, log, clients, session, clock, snooze };
 }
 
 const notCancelled = { isCancellationRequested: false };
+
+/** A document as the middleware sees it (vscode.TextDocument): what the gate reads is the language id. */
+function doc(languageId: string, uri = `file:///work/file.${languageId}`) {
+  return { uri: { toString: () => uri }, languageId };
+}
+
+/** The middleware's answer for a document of `languageId`, and whether the server was asked. */
+async function ask(middleware: any, languageId: string): Promise<{ result: unknown; asked: boolean }> {
+  let asked = false;
+  const result = await middleware.provideInlineCompletionItems(doc(languageId), 'pos', 'ctx', notCancelled, async () => {
+    asked = true;
+    return { items: [{ insertText: 'x' }] };
+  });
+  return { result, asked };
+}
 
 beforeEach(() => stubState.reset());
 
@@ -57,6 +76,14 @@ test('a server that cannot start is reported with the command line, the log and 
   assert.equal(clients[0].stopped, 0, 'a client that never started is not stopped');
   assert.equal(item.text, '$(debug-disconnect) DiffGemma');
   assert.match(item.tooltip ?? '', /could not start "diffgemma-lsp --stdio": spawn diffgemma-lsp ENOENT/);
+  // The way to get the server: it is not on PyPI, it is installed from a clone of the repository.
+  const [{ message }] = stubState.errorMessages;
+  assert.doesNotMatch(message, /pip install diffgemma-lsp/);
+  assert.match(message, /not on PyPI/);
+  assert.match(message, /clone/);
+  assert.match(message, /make install/);
+  assert.match(message, /\.venv\/bin\/diffgemma-lsp/);
+  assert.match(message, /diffgemma\.server\.command/);
   assert.match(log.lines.join('\n'), /\[error\] could not start/);
   assert.equal(stubState.errorMessages.length, 1);
   assert.deepEqual(stubState.errorMessages[0].actions, ['Show Log', 'Open Settings']);
@@ -96,14 +123,77 @@ test('inline completions are asked for only while enabled, and the canvas previe
 
   clients[0].deliver(CANVAS_NOTIFICATION, { uri: URI, position: { line: 0, character: 4 }, step: 1, text: 'ret', acceptedFraction: 0.2 });
   assert.equal(canvas.shownUri, URI);
-  const result = await middleware.provideInlineCompletionItems('doc', 'pos', 'ctx', notCancelled, next);
+  const python = doc('python', URI);
+  const result = await middleware.provideInlineCompletionItems(python, 'pos', 'ctx', notCancelled, next);
   assert.equal(result, answer);
-  assert.deepEqual(calls, [['doc', 'pos', 'ctx', notCancelled]]);
+  assert.deepEqual(calls, [[python, 'pos', 'ctx', notCancelled]]);
   assert.equal(canvas.shownUri, undefined, 'the preview is cleared once the completion arrives');
 
+  stubState.settings.set('diffgemma.enable', { '*': false });
+  assert.equal(await middleware.provideInlineCompletionItems(python, 'pos', 'ctx', notCancelled, next), null);
   stubState.settings.set('diffgemma.enable', false);
-  assert.equal(await middleware.provideInlineCompletionItems('doc', 'pos', 'ctx', notCancelled, next), null);
+  assert.equal(await middleware.provideInlineCompletionItems(python, 'pos', 'ctx', notCancelled, next), null, 'legacy boolean');
   assert.equal(calls.length, 1, 'no request while disabled');
+});
+
+test('per language: an entry of its own decides, else "*"', async () => {
+  const { clients, session } = setup();
+  await session.start();
+  const { middleware } = clients[0];
+  stubState.settings.set('diffgemma.enable', { '*': true, go: false });
+  assert.deepEqual(await ask(middleware, 'go'), { result: null, asked: false });
+  assert.equal((await ask(middleware, 'python')).asked, true);
+
+  stubState.settings.set('diffgemma.enable', { '*': false, go: true });
+  assert.equal((await ask(middleware, 'go')).asked, true);
+  assert.deepEqual(await ask(middleware, 'python'), { result: null, asked: false });
+});
+
+test('prose and commit-message buffers get no suggestions by default, code does; users can turn them on', async () => {
+  const { clients, session } = setup();
+  await session.start();
+  const { middleware } = clients[0];
+  for (const language of ['plaintext', 'markdown', 'scminput', 'git-commit', 'git-rebase']) {
+    assert.deepEqual(await ask(middleware, language), { result: null, asked: false }, `${language} is off by default`);
+  }
+  for (const language of ['python', 'typescript', 'go', 'rust']) {
+    assert.equal((await ask(middleware, language)).asked, true, `${language} is on by default`);
+  }
+
+  // The user's object is overlaid on the defaults (as VS Code merges object settings): one entry turns one on.
+  stubState.settings.set('diffgemma.enable', { markdown: true });
+  assert.equal((await ask(middleware, 'markdown')).asked, true);
+  assert.equal((await ask(middleware, 'git-commit')).asked, false, 'the other defaults stay');
+  stubState.settings.set('diffgemma.enable', { '*': true, plaintext: true, 'git-commit': true });
+  assert.equal((await ask(middleware, 'plaintext')).asked, true);
+  assert.equal((await ask(middleware, 'git-commit')).asked, true);
+});
+
+test('while snoozed the provider returns nothing without asking the server, until the snooze ends', async () => {
+  const editor = new StubTextEditor(URI);
+  stubState.visibleTextEditors.push(editor);
+  stubState.activeTextEditor = editor;
+  stubState.settings.set('diffgemma.showDenoisingCanvas', true);
+  const { item, canvas, clients, session, snooze, clock } = setup();
+  await session.start();
+  clients[0].deliver(STATUS_NOTIFICATION, { state: 'ready' });
+  const { middleware } = clients[0];
+  clients[0].deliver(CANVAS_NOTIFICATION, { uri: URI, position: { line: 0, character: 4 }, step: 1, text: 'ret', acceptedFraction: 0.2 });
+  assert.equal(canvas.shownUri, URI);
+
+  snooze.start(60);
+  assert.equal(canvas.shownUri, undefined, 'snoozing takes the canvas preview away');
+  assert.equal(item.text, '$(clock) DiffGemma');
+  assert.match(item.tooltip ?? '', /snoozed until \d\d:\d\d/);
+  assert.deepEqual(await ask(middleware, 'python'), { result: null, asked: false });
+  clients[0].deliver(CANVAS_NOTIFICATION, { uri: URI, position: { line: 0, character: 4 }, step: 2, text: 'retu', acceptedFraction: 0.4 });
+  assert.equal(canvas.shownUri, undefined, 'no canvas preview while snoozed');
+  assert.equal(session.gate().snoozedUntil, clock.time + 60 * 60_000);
+
+  clock.advance(60 * 60_000);
+  assert.equal((await ask(middleware, 'python')).asked, true);
+  assert.equal(item.text, '$(sparkle) DiffGemma');
+  assert.equal(session.gate().snoozedUntil, undefined);
 });
 
 test('canvas notifications are drawn only when the preview setting is on', async () => {
@@ -143,7 +233,7 @@ test('turning completions off updates the status bar without touching the server
   await session.start();
   clients[0].deliver(STATUS_NOTIFICATION, { state: 'ready' });
   stubState.configurationChanged.event((event) => session.onConfigurationChanged(event));
-  await stubState.changeSettings({ 'diffgemma.enable': false });
+  await stubState.changeSettings({ 'diffgemma.enable': { '*': false } });
   assert.equal(item.text, '$(circle-slash) DiffGemma');
   assert.deepEqual(clients[0].sentNotifications, []);
   assert.equal(clients[0].stopped, 0);

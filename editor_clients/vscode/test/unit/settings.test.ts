@@ -5,6 +5,10 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import {
   completionsEnabled,
+  completionsEnabledFor,
+  DEFAULT_ENABLE,
+  enableSetting,
+  withEnableEntry,
   DEFAULT_SERVER_COMMAND,
   RESTART_SETTINGS,
   SECTION,
@@ -35,6 +39,55 @@ test('the defaults in package.json are the ones the code falls back to', () => {
   assert.deepEqual(serverSettings(declaredDefaults), serverSettings(reader({})));
   assert.deepEqual(serverCommand(declaredDefaults), serverCommand(reader({})));
   assert.equal(completionsEnabled(declaredDefaults), completionsEnabled(reader({})));
+  assert.deepEqual(declared['diffgemma.enable'].default, DEFAULT_ENABLE);
+  assert.deepEqual(enableSetting(declaredDefaults), enableSetting(reader({})));
+});
+
+test('diffgemma.enable defaults: on for code, off for prose and commit messages, as Copilot does', () => {
+  assert.deepEqual(declared['diffgemma.enable'].default, {
+    '*': true,
+    plaintext: false,
+    markdown: false,
+    scminput: false,
+    'git-commit': false,
+    'git-rebase': false,
+  });
+  for (const config of [declaredDefaults, reader({})]) {
+    for (const language of ['plaintext', 'markdown', 'scminput', 'git-commit', 'git-rebase']) {
+      assert.equal(completionsEnabledFor(config, language), false, language);
+    }
+    for (const language of ['python', 'typescript', 'javascript', 'go', 'rust', 'c', 'java']) {
+      assert.equal(completionsEnabledFor(config, language), true, language);
+    }
+    assert.equal(completionsEnabledFor(config, undefined), true);
+  }
+  const schema = (manifest.contributes.configuration.properties as Record<string, any>)['diffgemma.enable'];
+  assert.equal(schema.type, 'object');
+  assert.deepEqual(schema.additionalProperties, { type: 'boolean' });
+});
+
+test('users turn a default-off language on with one entry; the other defaults and "*" stay', () => {
+  const config = reader({ enable: { markdown: true } });
+  assert.equal(completionsEnabledFor(config, 'markdown'), true);
+  assert.equal(completionsEnabledFor(config, 'plaintext'), false);
+  assert.equal(completionsEnabledFor(config, 'python'), true);
+  const offEverywhere = reader({ enable: { '*': false, 'git-commit': true } });
+  assert.equal(completionsEnabledFor(offEverywhere, 'git-commit'), true);
+  assert.equal(completionsEnabledFor(offEverywhere, 'python'), false);
+  assert.equal(completionsEnabled(offEverywhere), false);
+  // Entries that are not booleans are ignored; a legacy boolean switches every language.
+  assert.equal(completionsEnabledFor(reader({ enable: { python: 'no' } }), 'python'), true);
+  assert.equal(completionsEnabledFor(reader({ enable: false }), 'python'), false);
+  assert.equal(completionsEnabledFor(reader({ enable: true }), 'markdown'), true);
+});
+
+test('withEnableEntry sets one key of the stored value and keeps the rest', () => {
+  const stored = { '*': true, rust: false };
+  assert.deepEqual(withEnableEntry(stored, 'python', false), { '*': true, rust: false, python: false });
+  assert.deepEqual(stored, { '*': true, rust: false }, 'the stored object is not changed in place');
+  assert.deepEqual(withEnableEntry(undefined, '*', false), { '*': false });
+  assert.deepEqual(withEnableEntry(false, 'go', true), { '*': false, go: true });
+  assert.deepEqual(withEnableEntry({ go: true }, 'go', false), { go: false });
 });
 
 test('zero configuration: diffgemma-lsp from PATH with the embedded model, the server defaults', () => {

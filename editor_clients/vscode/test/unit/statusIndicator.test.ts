@@ -1,7 +1,8 @@
 import './installVscodeStub';
 import assert from 'node:assert/strict';
 import { beforeEach, test } from 'node:test';
-import { SHOW_LOG_COMMAND, StatusIndicator } from '../../src/statusIndicator';
+import { COMMANDS } from '../../src/commands';
+import { STATUS_MENU_COMMAND, StatusIndicator } from '../../src/statusIndicator';
 import { StatusBarAlignment, StubStatusBarItem, ThemeColor, stubState } from './vscodeStub';
 
 let item: StubStatusBarItem;
@@ -15,13 +16,41 @@ function indicator(enabled = true): StatusIndicator {
   return new StatusIndicator(item as any, enabled);
 }
 
-test('shows itself at once, spinning while the server starts, and a click shows the log', () => {
+test('shows itself at once, spinning while the server starts, and a click opens the DiffGemma menu', () => {
   indicator();
   assert.equal(item.visible, true);
   assert.equal(item.text, '$(loading~spin) DiffGemma');
-  assert.equal(item.command, SHOW_LOG_COMMAND);
+  assert.equal(item.command, STATUS_MENU_COMMAND);
+  assert.equal(STATUS_MENU_COMMAND, COMMANDS.showMenu);
   assert.match(item.tooltip ?? '', /starting the server/);
-  assert.match(item.tooltip ?? '', /Click to show the server log/);
+  assert.match(item.tooltip ?? '', /Click for the DiffGemma menu: snooze, enable or disable, restart the server, show the log/);
+});
+
+test('a snooze shows a clock over a healthy server and its end in the tooltip; disabled wins over snoozed', () => {
+  const status = indicator();
+  status.setServerStatus({ state: 'ready' });
+  const until = new Date(2026, 0, 5, 16, 45).getTime();
+  status.setGate({ enabledEverywhere: true, language: 'python', enabledForLanguage: true, snoozedUntil: until });
+  assert.equal(item.text, '$(clock) DiffGemma');
+  assert.match(item.tooltip ?? '', /Inline completions are snoozed until 16:45\./);
+  assert.equal(status.current.snoozedUntil, until);
+
+  status.setServerStatus({ state: 'error', message: 'out of memory' });
+  assert.equal(item.text, '$(error) DiffGemma', 'an error is never hidden');
+  assert.match(item.tooltip ?? '', /snoozed until 16:45/);
+
+  status.setServerStatus({ state: 'ready' });
+  status.setGate({ enabledEverywhere: true, language: 'markdown', enabledForLanguage: false, snoozedUntil: until });
+  assert.equal(item.text, '$(circle-slash) DiffGemma');
+  assert.match(item.tooltip ?? '', /disabled for 'markdown'/);
+
+  status.setGate({ enabledEverywhere: true, language: 'python', enabledForLanguage: true });
+  assert.equal(item.text, '$(sparkle) DiffGemma');
+  assert.doesNotMatch(item.tooltip ?? '', /snoozed|disabled/);
+  // Without an editor the "*" entry decides.
+  status.setGate({ enabledEverywhere: false });
+  assert.equal(item.text, '$(circle-slash) DiffGemma');
+  assert.match(item.tooltip ?? '', /Inline completions are disabled\./);
 });
 
 test('follows diffgemma/status: loading, ready, busy, error', () => {

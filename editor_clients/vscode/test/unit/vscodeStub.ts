@@ -75,6 +75,18 @@ export enum DecorationRangeBehavior {
   ClosedOpen = 3,
 }
 
+export enum QuickPickItemKind {
+  Separator = -1,
+  Default = 0,
+}
+
+export interface StubQuickPickItem {
+  label: string;
+  kind?: QuickPickItemKind;
+  description?: string;
+  [key: string]: unknown;
+}
+
 export class StubStatusBarItem {
   text = '';
   tooltip: string | undefined;
@@ -150,7 +162,12 @@ interface ConfigurationChangeEvent {
 }
 
 class StubState {
+  /** User (global) setting values by full key; what get() returns unless the workspace sets the key too. */
   settings = new Map<string, unknown>();
+  /** Workspace setting values by full key (they override the user's, as in VS Code). */
+  workspaceSettings = new Map<string, unknown>();
+  /** The editor with focus (undefined: none, e.g. only the welcome page). */
+  activeTextEditor: StubTextEditor | undefined;
   statusBarItems: StubStatusBarItem[] = [];
   outputChannels: StubLogOutputChannel[] = [];
   decorationTypes: StubDecorationType[] = [];
@@ -160,12 +177,23 @@ class StubState {
   errorMessages: { message: string; actions: string[] }[] = [];
   /** The action the next error message "clicks" (undefined: dismissed). */
   errorMessageChoice: string | undefined;
+  infoMessages: string[] = [];
+  /** Every quick pick shown: its items and options. */
+  quickPicks: { items: StubQuickPickItem[]; options: unknown }[] = [];
+  /** Picks the item the next quick pick "selects" from the items shown (undefined: dismissed with Esc). */
+  quickPickChoice: ((items: StubQuickPickItem[]) => StubQuickPickItem | undefined) | undefined;
   settingUpdates: { key: string; value: unknown; target: ConfigurationTarget }[] = [];
   readonly configurationChanged = new EventEmitter<ConfigurationChangeEvent>();
   readonly textDocumentChanged = new EventEmitter<{ document: { uri: Uri } }>();
+  readonly activeTextEditorChanged = new EventEmitter<StubTextEditor | undefined>();
 
   reset(): void {
     this.settings = new Map();
+    this.workspaceSettings = new Map();
+    this.activeTextEditor = undefined;
+    this.infoMessages = [];
+    this.quickPicks = [];
+    this.quickPickChoice = undefined;
     this.statusBarItems = [];
     this.outputChannels = [];
     this.decorationTypes = [];
@@ -178,9 +206,10 @@ class StubState {
   }
 
   /** Changes full setting keys (e.g. "diffgemma.model") and fires onDidChangeConfiguration like VS Code. */
-  async changeSettings(changes: Record<string, unknown>): Promise<void> {
+  async changeSettings(changes: Record<string, unknown>, target: ConfigurationTarget = ConfigurationTarget.Global): Promise<void> {
+    const scope = target === ConfigurationTarget.Global ? this.settings : this.workspaceSettings;
     for (const [key, value] of Object.entries(changes)) {
-      this.settings.set(key, value);
+      scope.set(key, value);
     }
     const keys = Object.keys(changes);
     await this.configurationChanged.fire({
@@ -214,20 +243,51 @@ export const window = {
     stubState.errorMessages.push({ message, actions });
     return stubState.errorMessageChoice;
   },
+  async showInformationMessage(message: string): Promise<undefined> {
+    stubState.infoMessages.push(message);
+    return undefined;
+  },
+  async showQuickPick<T extends StubQuickPickItem>(items: T[] | Promise<T[]>, options?: unknown): Promise<T | undefined> {
+    const shown = await items;
+    stubState.quickPicks.push({ items: shown, options });
+    const choice = stubState.quickPickChoice?.(shown);
+    if (choice !== undefined && (!shown.includes(choice as T) || choice.kind === QuickPickItemKind.Separator)) {
+      throw new Error(`the stub can only pick one of the items shown, and not a separator: ${choice.label}`);
+    }
+    return choice as T | undefined;
+  },
   get visibleTextEditors(): StubTextEditor[] {
     return stubState.visibleTextEditors;
   },
+  get activeTextEditor(): StubTextEditor | undefined {
+    return stubState.activeTextEditor;
+  },
+  onDidChangeActiveTextEditor: stubState.activeTextEditorChanged.event,
 };
 
 export const workspace = {
   getConfiguration(section: string) {
     return {
       get<T>(key: string): T | undefined {
-        return stubState.settings.get(`${section}.${key}`) as T | undefined;
+        const full = `${section}.${key}`;
+        return (stubState.workspaceSettings.has(full) ? stubState.workspaceSettings.get(full) : stubState.settings.get(full)) as
+          | T
+          | undefined;
+      },
+      inspect<T>(key: string): { key: string; globalValue?: T; workspaceValue?: T } {
+        const full = `${section}.${key}`;
+        return {
+          key: full,
+          globalValue: stubState.settings.get(full) as T | undefined,
+          workspaceValue: stubState.workspaceSettings.get(full) as T | undefined,
+        };
       },
       async update(key: string, value: unknown, target: ConfigurationTarget): Promise<void> {
+        if (target !== ConfigurationTarget.Global && target !== ConfigurationTarget.Workspace) {
+          throw new Error(`the stub writes user and workspace settings only, not target ${target}`);
+        }
         stubState.settingUpdates.push({ key: `${section}.${key}`, value, target });
-        await stubState.changeSettings({ [`${section}.${key}`]: value });
+        await stubState.changeSettings({ [`${section}.${key}`]: value }, target);
       },
     };
   },
