@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Tokenizer
 
 from engine.generate import StepEvent
-from engine.training.fim import format_fim_prompt
-from engine.training.tokenizer import SPECIAL_TOKENS
+from engine.prompt import SPECIAL_TOKENS, format_fim_prompt
 
 if TYPE_CHECKING:
     from engine.engine import Engine, GenerationResult

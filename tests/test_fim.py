@@ -16,13 +16,12 @@ from engine.training.corpus import CorpusDocument
 from engine.training.fim import (
     DEFAULT_HOLE_WEIGHTS,
     HOLE_KINDS,
-    MIN_SUFFIX_SHARE,
     FimBatchStream,
     choose_hole,
     collate_examples,
-    format_fim_prompt,
     make_example,
 )
+from engine.prompt import MIN_SUFFIX_SHARE, format_fim_prompt
 from engine.training.tokenizer import (
     BOS_ID,
     EOS_ID,

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import engine
 from checkpoints import cached_checkpoint, sample_sources
 from engine.infill import CHAT_FORMAT, CHAT_INSTRUCTION, FIM_FORMAT, TURN_CLOSE, byte_level_alphabet, decode_text, infill_prompt
-from engine.training.fim import format_fim_prompt
+from engine.prompt import format_fim_prompt
 from engine.training.tokenizer import EOS_ID
 
 PREFIX = "def total(items):\n    result = 0\n    for item in items:\n        result += "

@@ -1,10 +1,7 @@
-"""Fill-in-the-middle: hole selection, the prompt layout shared with inference, fixed-shape batches.
+"""Fill-in-the-middle training examples: hole selection and fixed-shape batches.
 
-Prompt (PSM order):  <bos> <fim_prefix> prefix <fim_suffix> suffix <fim_middle>
-Canvas:              middle <eos> <pad> ... <pad>            (exactly canvas_length tokens)
-
-`format_fim_prompt` is the single definition of the prompt, used by training (via `make_example`) and
-by the engine's text-level infill, including how a prompt is trimmed to a token budget.
+Prompt:  engine.prompt.format_fim_prompt (the layout inference uses)
+Canvas:  middle <eos> <pad> ... <pad>            (exactly canvas_length tokens)
 """
 
 from __future__ import annotations
@@ -22,15 +19,13 @@ import torch
 import tree_sitter
 from tokenizers import Tokenizer
 
-from engine.training.tokenizer import BOS_ID, EOS_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, PAD_ID
-
-PROMPT_OVERHEAD_TOKENS = 4  # <bos> <fim_prefix> <fim_suffix> <fim_middle>
-# When a prompt must be trimmed, the suffix keeps at least this share of the budget (if it has that
-# much); the prefix, usually the more informative side, gets the rest.
-MIN_SUFFIX_SHARE = 0.25
-# A huge file is not tokenized whole: text is cut to this many characters per wanted token (code
-# averages 3-4), and the cut doubles until it holds enough tokens.
-_CHARS_PER_TOKEN_GUESS = 5
+from engine.prompt import (
+    EOS_ID,
+    PAD_ID,
+    PROMPT_OVERHEAD_TOKENS,
+    encode_ids,
+    format_fim_prompt,
+)
 
 HOLE_KINDS = ("line", "line_end", "block", "expression", "span")
 # Mostly in-line edits; blocks are the only kind that regularly spans several lines.
@@ -44,53 +39,7 @@ EDITOR_HOLE_WEIGHTS: Mapping[str, float] = {
 HOLE_MIXES: Mapping[str, Mapping[str, float]] = {"default": DEFAULT_HOLE_WEIGHTS, "editor": EDITOR_HOLE_WEIGHTS}
 
 
-# ------------------------------------------------------------------------------------ prompt layout
-
-
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False).ids
-
-
-def _encode_bounded(tokenizer: Tokenizer, text: str, max_tokens: int, keep_end: bool) -> list[int]:
-    """The last (keep_end) or first max_tokens tokens of `text`, tokenizing only about that much text."""
-    if max_tokens == 0:
-        return []
-    window = max_tokens * _CHARS_PER_TOKEN_GUESS
-    while window < len(text):
-        ids = _encode(tokenizer, text[-window:] if keep_end else text[:window])
-        if len(ids) >= max_tokens:
-            break
-        window *= 2
-    else:
-        ids = _encode(tokenizer, text)
-    return ids[-max_tokens:] if keep_end else ids[:max_tokens]
-
-
-def format_fim_prompt(tokenizer: Tokenizer, prefix: str, suffix: str, max_prompt_tokens: int | None = None) -> list[int]:
-    """<bos><fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle> as token ids.
-
-    With `max_prompt_tokens`, the prompt is trimmed to at most that many tokens by dropping prefix
-    tokens from the left and suffix tokens from the right (the text nearest the hole survives); the
-    suffix keeps at least MIN_SUFFIX_SHARE of the budget when it has that many tokens.
-    The tokenizer must come from engine.training.tokenizer.load_tokenizer / train_tokenizer, so that
-    "<eos>" and friends inside source code stay plain text.
-    """
-    if not tokenizer.encode_special_tokens:
-        raise ValueError("tokenizer matches special tokens inside text; load it with "
-                         "engine.training.tokenizer.load_tokenizer")
-    if max_prompt_tokens is None:
-        prefix_ids, suffix_ids = _encode(tokenizer, prefix), _encode(tokenizer, suffix)
-    else:
-        budget = max_prompt_tokens - PROMPT_OVERHEAD_TOKENS
-        if budget < 0:
-            raise ValueError(f"max_prompt_tokens must be at least {PROMPT_OVERHEAD_TOKENS}, got {max_prompt_tokens}")
-        prefix_ids = _encode_bounded(tokenizer, prefix, budget, keep_end=True)
-        suffix_ids = _encode_bounded(tokenizer, suffix, budget, keep_end=False)
-        suffix_keep = min(len(suffix_ids), max(int(budget * MIN_SUFFIX_SHARE), budget - len(prefix_ids)))
-        prefix_keep = min(len(prefix_ids), budget - suffix_keep)
-        prefix_ids = prefix_ids[len(prefix_ids) - prefix_keep:]
-        suffix_ids = suffix_ids[:suffix_keep]
-    return [BOS_ID, FIM_PREFIX_ID, *prefix_ids, FIM_SUFFIX_ID, *suffix_ids, FIM_MIDDLE_ID]
+# ------------------------------------------------------------------------------------ examples
 
 
 def make_example(tokenizer: Tokenizer, prefix: str, middle: str, suffix: str, canvas_length: int,
@@ -106,7 +55,7 @@ def make_example(tokenizer: Tokenizer, prefix: str, middle: str, suffix: str, ca
         raise ValueError(f"canvas_length must be at least 2 (one middle token and <eos>), got {canvas_length}")
     if not middle:
         raise ValueError("middle must not be empty")
-    middle_ids = _encode(tokenizer, middle)
+    middle_ids = encode_ids(tokenizer, middle)
     if len(middle_ids) >= canvas_length:
         return None
     canvas_ids = [*middle_ids, EOS_ID] + [PAD_ID] * (canvas_length - len(middle_ids) - 1)

@@ -21,8 +21,17 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>")
-PAD_ID, EOS_ID, BOS_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIM_MIDDLE_ID, FILE_SEP_ID = range(len(SPECIAL_TOKENS))
+from engine.prompt import (  # noqa: F401 - the ids are part of this module's interface for training code
+    BOS_ID,
+    EOS_ID,
+    FILE_SEP_ID,
+    FIM_MIDDLE_ID,
+    FIM_PREFIX_ID,
+    FIM_SUFFIX_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+)
+
 DEFAULT_VOCAB_SIZE = 8192
 _MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # specials plus every byte
 
