@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,bench]"
 	touch $@
 
-.PHONY: install test infill
+.PHONY: install test infill train
 install: $(VENV)/.installed
 
 test: install
@@ -23,3 +23,13 @@ test: install
 # Line 16 of the sample ends in `return `: the cursor sits after it (columns count from 1).
 infill: install
 	$(VENV)/bin/diffgemma-infill examples/sample.py --line 16 --character 12 --seed 0 --show-canvas
+
+# One piece of the embedded model's training campaign (see the model card): resumes runs/train exactly, or starts
+# from the shipped weights when that state is lost. MINUTES of one thread; stop any time (it checkpoints).
+MINUTES ?= 120
+CAMPAIGN := --precision bfloat16 --hole-mix editor --canvas-length 16 --learning-rate 0.002 --warmup-steps 200 \
+	--total-steps 20000 --checkpoint-minutes 10 --eval-every 3 --eval-holes 100
+train: install
+	test -f runs/corpus/train.jsonl || $(PY) -m engine.training.corpus build --out runs/corpus
+	$(PY) -m engine.training.train --corpus runs/corpus --tokenizer engine/embedded_model/tokenizer.json \
+		--out runs/train --resume --init-from engine/embedded_model --minutes $(MINUTES) $(CAMPAIGN)
