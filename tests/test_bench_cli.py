@@ -104,6 +104,22 @@ def test_repo_run_scores_text_metrics_without_a_sandbox(tmp_path):
     assert (out / "scores_by_kind.png").exists()
 
 
+def test_empty_completer_gives_the_floor_a_model_must_beat(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "stats.py").write_text(
+        "def mean(values):\n    total = sum(values)\n    return total / len(values)\n\n\n"
+        "def spread(values):\n    low, high = min(values), max(values)\n    return high - low\n")
+    out = tmp_path / "run"
+    assert main(["--completer", "empty", "--repo", str(tree), "--limit", "4", "--out", str(out), "--no-progress",
+                 "--no-plots"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert summary["n"] == 4 and summary["exact_match"] == 0.0 and summary["edit_similarity"] == 0.0
+    assert all(r["samples"][0]["completion"] == "" for r in records)
+    assert json.loads((out / "run.json").read_text())["completer"] == "empty"
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--limit", "0"], "--limit must be positive, got 0"),
     (["--timeout", "-1"], "--timeout must be positive"),

@@ -4,6 +4,7 @@
     diffgemma-bench --direct --model CHECKPOINT --task multi-line   # the engine in-process
     diffgemma-bench --repo ~/src/project --limit 200                # holes drawn from any source tree
     diffgemma-bench --completer oracle --task example               # check of the harness itself: pass@1 = 1.0
+    diffgemma-bench --completer empty --task single-line            # the empty-completion floor to beat
     diffgemma-bench --direct --model CHECKPOINT --baseline transformers   # speed and agreement vs the reference
 
 Writes OUT/records.jsonl (one record per task, appended as tasks finish: rerun with the same --out to resume),
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from lsp_server.bench import BenchError
 from lsp_server.bench.baseline import BASELINES, make_baseline
-from lsp_server.bench.completers import BACKENDS, CompleterSettings, make_completer
+from lsp_server.bench.completers import BACKENDS, MODEL_FREE_BACKENDS, CompleterSettings, make_completer
 from lsp_server.bench.metrics import summarize
 from lsp_server.bench.report import (REPORT_FILE, SERVER_LOG_FILE, Journal, Progress, markdown_report, write_plots,
                                      write_summary)
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice = backend.add_mutually_exclusive_group()
     choice.add_argument("--completer", choices=BACKENDS, default="server",
                         help="server: diffgemma-lsp --stdio as a headless LSP client (default); direct: the engine "
-                             "in-process; oracle: the reference text, to check the harness (not a model)")
+                             "in-process; oracle: the reference text, to check the harness (not a model); empty: nothing, the "
+                             "floor a model must beat")
     choice.add_argument("--direct", dest="completer", action="store_const", const="direct",
                         help="same as --completer direct")
     backend.add_argument("--model", help="checkpoint directory or name for the back-end")
@@ -103,9 +105,9 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None and not value > 0:
             raise BenchError(f"--{name.replace('_', '-')} must be positive, got {value}")
     # Flag combinations first: these errors must not wait for (or depend on) the task data.
-    if args.model is not None and args.completer == "oracle":
-        raise BenchError("--model has no effect with the oracle completer, which returns the reference text")
-    if args.baseline and args.completer == "oracle":
+    if args.model is not None and args.completer in MODEL_FREE_BACKENDS:
+        raise BenchError(f"--model has no effect with the {args.completer} completer, which runs no model")
+    if args.baseline and args.completer in MODEL_FREE_BACKENDS:
         raise BenchError("--baseline compares model generations: use it with --direct or --completer server")
     if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
         raise BenchError("the PNG plots need matplotlib (pip install 'diffgemma-lsp[bench]'); or pass --no-plots")

@@ -1,8 +1,9 @@
 """Completion back-ends: the `Completer` protocol the runner drives, and `make_completer`, the one place they are built.
 
 Back-ends: "server" (the default: starts `diffgemma-lsp --stdio` and acts as a headless LSP client), "direct"
-(calls the engine in-process) and "oracle" (returns each task's reference: a check of the harness itself, which
-must then score pass@1 = 1.0 and exact match 1.0; it measures nothing about any model).
+(calls the engine in-process), "oracle" (returns each task's reference: a check of the harness itself, which
+must then score pass@1 = 1.0 and exact match 1.0; it measures nothing about any model) and "empty" (fills every
+hole with nothing: the floor a model must beat, since some holes are lines the tests never need).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from lsprotocol import types
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
     from lsp_server.pipeline import InfillPipeline
     from lsp_server.settings import Settings
 
-BACKENDS = ("server", "direct", "oracle")
+BACKENDS = ("server", "direct", "oracle", "empty")
+# Back-ends that run no model (a --model for them is a mistake).
+MODEL_FREE_BACKENDS = ("oracle", "empty")
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,9 @@ class CompleterSettings:
 def make_completer(settings: CompleterSettings) -> Completer:
     """Build and start the back-end; the runner measures how long this takes as the start-up cost."""
     if settings.backend == "oracle":
-        return OracleCompleter()
+        return FixedCompleter("oracle", lambda task: task.reference)
+    if settings.backend == "empty":
+        return FixedCompleter("empty", lambda task: "")
     if settings.backend == "direct":
         return DirectCompleter(settings)
     if settings.backend == "server":
@@ -80,14 +86,16 @@ def make_completer(settings: CompleterSettings) -> Completer:
     raise BenchError(f"unknown completer {settings.backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-class OracleCompleter:
-    """Returns the reference: checks tasks, sandbox and scoring end to end (pass@1 must be 1.0). Not a model."""
+class FixedCompleter:
+    """A model-free back-end whose text for a task is `text_of(task)`: the reference (oracle) or nothing (empty)."""
 
-    name = "oracle"
+    def __init__(self, name: str, text_of: Callable[[InfillTask], str]):
+        self.name = name
+        self._text_of = text_of
 
     def complete(self, task: InfillTask) -> Completion:
         started = time.perf_counter()
-        text = task.reference
+        text = self._text_of(task)
         return Completion(text=text, latency_ms=(time.perf_counter() - started) * 1000.0)
 
     def close(self) -> None:
