@@ -42,8 +42,11 @@ GROUP_ROWS = 16
 
 
 def bounded_gemm_shapes(x: torch.Tensor) -> bool:
-    """Whether reduced-precision GEMMs on `x`'s device need their shapes bucketed (see GROUP_ROWS)."""
-    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+    """Whether reduced-precision GEMMs on `x`'s device need their shapes bucketed (see GROUP_ROWS): bf16/fp16
+    tensors on the CPU, or fp32 ones under CPU autocast (training), whose GEMMs run in bf16."""
+    if x.device.type != "cpu":
+        return False
+    return x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
 
 
 def _pad_groups(rows: torch.Tensor, counts: torch.Tensor, sorted_experts: torch.Tensor):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import FULL, SLIDING, ModelConfig
+from engine.kernels.moe import bounded_gemm_shapes
 from engine.model import DiffusionGemma
 from engine.training.fim import FimBatch
 from engine.training.tokenizer import EOS_ID, PAD_ID
@@ -106,6 +107,8 @@ class TrainingStore:
 
 
 PRECISIONS = ("float32", "bfloat16")
+AR_TARGET_BUCKET = 128
+IGNORED_TARGET = -100
 
 
 def training_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings, generator: torch.Generator):
@@ -132,8 +135,15 @@ def _batch_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings,
     within_middle = index[None, :] <= prompt_length + batch.middle_lengths[:, None]
     sampled = (index[None, :] >= prompt_length) | (torch.rand(sequence.shape, generator=generator) < settings.ar_prompt_sample)
     target_mask = (real & within_middle & sampled)[:, 1:] & real[:, :-1]
-    ar_logits = model.logits(hidden[:, :-1][target_mask])
-    ar_loss = F.cross_entropy(ar_logits, sequence[:, 1:][target_mask])
+    ar_hidden, ar_targets = hidden[:, :-1][target_mask], sequence[:, 1:][target_mask]
+    if bounded_gemm_shapes(ar_hidden):
+        # The number of targets changes every batch; in bf16 on the CPU every new GEMM shape costs a compiled kernel
+        # that is never freed (see engine.kernels.moe.GROUP_ROWS), so the rows are padded to a whole bucket and
+        # the padding is ignored by the loss.
+        padding = -ar_hidden.shape[0] % AR_TARGET_BUCKET
+        ar_hidden = torch.cat([ar_hidden, ar_hidden.new_zeros(padding, ar_hidden.shape[1])])
+        ar_targets = torch.cat([ar_targets, ar_targets.new_full((padding,), IGNORED_TARGET)])
+    ar_loss = F.cross_entropy(model.logits(ar_hidden), ar_targets, ignore_index=IGNORED_TARGET)
 
     noise_level = torch.rand(batch_size, 1, generator=generator)
     noised = torch.rand(batch_size, canvas_length, generator=generator) < noise_level
