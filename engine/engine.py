@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from engine.cache import KVCache
 from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
 from engine.generate import GenerationCancelled, StepEvent, generate_blocks
-from engine.infill import CanvasText, InfillResult, infill
+from engine.infill import CanvasText, InfillResult, infill, prompt_format, text_tokenizer
 from engine.kernels.moe import bounded_gemm_shapes
 from engine.loader import CheckpointError, build_model
 from engine.model import DiffusionGemma
@@ -93,6 +93,18 @@ class Engine:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @property
+    def prompt_format(self) -> str:
+        """The infill prompt layout this checkpoint's tokenizer supports (raises InfillError when none)."""
+        return prompt_format(text_tokenizer(self))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text_tokenizer(self).encode(text, add_special_tokens=False).ids)
+
+    def describe(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.path} on {self.device} ({dtype}), {self.prompt_format} prompts, canvas {self.config.canvas_length}"
 
     def generation_settings(self, max_new_tokens: int | None = None, **overrides: Any) -> GenerationConfig:
         if max_new_tokens is not None:
@@ -183,6 +195,18 @@ class Engine:
             self, prefix, suffix, max_new_tokens=max_new_tokens, num_candidates=num_candidates, seed=seed,
             on_canvas=on_canvas, cancelled=cancelled, **generation_overrides,
         )
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[int]) -> int:
+        """Encode a prompt into the prefix cache without generating (a client's warm-up); returns the tokens encoded.
+
+        The next request that shares a token prefix with it re-encodes only the rest.
+        """
+        ids = _as_rows(prompt_ids)[0]
+        if any(not 0 <= t < self.config.vocab_size for t in ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+        with self._lock:
+            return self._encode_prompt(ids)
 
     def _encode_prompt(self, ids: list[int]) -> int:
         """Bring the prefix cache to exactly `ids`: keep the shared token prefix, encode the rest. Returns its size."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Tokenizer
 
 from engine.generate import StepEvent
-from engine.prompt import SPECIAL_TOKENS, format_fim_prompt
+from engine.prompt import BOS_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, SPECIAL_TOKENS, format_fim_prompt
 
 if TYPE_CHECKING:
     from engine.engine import Engine, GenerationResult
@@ -62,6 +62,7 @@ class InfillCandidate:
     text: str  # the middle, decoded up to the first stop token
     score: float  # tokens per forward of its row: a confident canvas settles in fewer steps
     finished: bool  # reached a stop token (False: ran out of max_new_tokens)
+    token_ids: tuple[int, ...] = ()  # the middle's tokens, up to (without) the stop token
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ class InfillResult:
     def middle(self) -> str:
         """The first candidate's middle."""
         return self.candidates[0].text
+
+
+def strip_code_fence(text: str) -> str:
+    """An instruct model's answer without the Markdown fence it may wrap the code in despite the instruction."""
+    fenced = _CODE_FENCE.match(text)
+    return fenced.group(1) if fenced else text
 
 
 @functools.cache
@@ -141,8 +148,13 @@ def infill_prompt(engine: Engine, prefix: str, suffix: str) -> tuple[str, list[i
     """(format, prompt token ids) asking the checkpoint for the text between ``prefix`` and ``suffix``."""
     tokenizer = text_tokenizer(engine)
     chosen = prompt_format(tokenizer)
+    return chosen, prompt_ids(tokenizer, chosen, engine.config.bos_token_id, prefix, suffix)
+
+
+def prompt_ids(tokenizer: Tokenizer, chosen: str, bos_id: int | None, prefix: str, suffix: str) -> list[int]:
+    """The infill prompt in format ``chosen`` as ids; ``tokenizer`` must encode special-token strings as text."""
     if chosen == FIM_FORMAT:
-        return chosen, format_fim_prompt(tokenizer, prefix, suffix)
+        return format_fim_prompt(tokenizer, prefix, suffix)
 
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
@@ -150,12 +162,26 @@ def infill_prompt(engine: Engine, prefix: str, suffix: str) -> tuple[str, list[i
     def control(token: str) -> int:
         return tokenizer.token_to_id(token)
 
-    bos = [engine.config.bos_token_id] if engine.config.bos_token_id is not None else []
-    return chosen, [
+    bos = [bos_id] if bos_id is not None else []
+    return [
         *bos, control(TURN_OPEN), *encode("user\n" + CHAT_INSTRUCTION + prefix + HOLE_MARKER + suffix),
         control(TURN_CLOSE), *encode("\n"), control(TURN_OPEN), *encode("model\n"),
         control(CHANNEL_OPEN), *encode("thought\n"), control(CHANNEL_CLOSE),
     ]
+
+
+def prompt_text(chosen: str, prefix: str, suffix: str) -> str:
+    """The infill prompt as text with the control tokens spelled out, for a server that tokenizes it itself.
+
+    It is the same prompt as ``prompt_ids`` when the server's tokenizer parses special-token strings (vLLM's and
+    diffgemma-serve's do), except that special-token strings inside the code are parsed too.
+    """
+    if chosen == FIM_FORMAT:
+        bos, fim_prefix, fim_suffix, fim_middle = (SPECIAL_TOKENS[i] for i in (BOS_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID,
+                                                                               FIM_MIDDLE_ID))
+        return f"{bos}{fim_prefix}{prefix}{fim_suffix}{suffix}{fim_middle}"
+    return (f"<bos>{TURN_OPEN}user\n{CHAT_INSTRUCTION}{prefix}{HOLE_MARKER}{suffix}{TURN_CLOSE}\n"
+            f"{TURN_OPEN}model\n{CHANNEL_OPEN}thought\n{CHANNEL_CLOSE}")
 
 
 def infill(
@@ -171,10 +197,34 @@ def infill(
     **generation_overrides: Any,
 ) -> InfillResult:
     """Generate ``num_candidates`` middles between ``prefix`` and ``suffix`` in one batch (see Engine.infill)."""
-    tokenizer = text_tokenizer(engine)
     chosen, prompt_ids = infill_prompt(engine, prefix, suffix)
+    return complete_prompt(
+        engine, prompt_ids, chosen, max_new_tokens=max_new_tokens, num_candidates=num_candidates, seed=seed,
+        on_canvas=on_canvas, cancelled=cancelled, **generation_overrides,
+    )
+
+
+def complete_prompt(
+    engine: Engine,
+    prompt_ids: list[int],
+    chosen: str,
+    *,
+    max_new_tokens: int | None = None,
+    num_candidates: int = 1,
+    seed: int | None = None,
+    on_canvas: Callable[[CanvasText], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    extra_stop_ids: tuple[int, ...] = (),
+    **generation_overrides: Any,
+) -> InfillResult:
+    """Generate after a prompt already in ``chosen`` format, each candidate decoded up to its first stop token.
+
+    ``infill`` builds the prompt from text; an HTTP server receives it as token ids. ``extra_stop_ids`` end a
+    candidate besides the checkpoint's EOS (a client's ``stop_token_ids``).
+    """
+    tokenizer = text_tokenizer(engine)
     # A checkpoint built from a config may lack EOS/pad in its generation config; the model config has them.
-    eos_ids = set(engine.generation_config.eos_token_id or engine.config.eos_token_id)
+    eos_ids = set(engine.generation_config.eos_token_id or engine.config.eos_token_id) | set(extra_stop_ids)
     if chosen == CHAT_FORMAT:
         eos_ids.add(tokenizer.token_to_id(TURN_CLOSE))  # the answer ends with the model's turn
     generation_overrides.setdefault("eos_token_id", tuple(sorted(eos_ids)))
@@ -183,12 +233,13 @@ def infill(
     # Resolved as generate() will resolve them (an id, a list or None), so decoding stops where generation does.
     stop_ids = frozenset(engine.generation_settings(max_new_tokens, **generation_overrides).eos_token_id or ())
 
-    def decode(ids: list[int]) -> tuple[str, bool]:
+    def middle_ids(ids: list[int]) -> tuple[list[int], bool]:
         end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
-        text = decode_text(tokenizer, ids if end is None else ids[:end])
-        if chosen == CHAT_FORMAT and (fenced := _CODE_FENCE.match(text)):
-            text = fenced.group(1)
-        return text, end is not None
+        return (ids if end is None else ids[:end]), end is not None
+
+    def decode(ids: list[int]) -> str:
+        text = decode_text(tokenizer, ids)
+        return strip_code_fence(text) if chosen == CHAT_FORMAT else text
 
     on_step = None
     if on_canvas is not None:
@@ -201,7 +252,7 @@ def infill(
                 committed.extend(argmax)
                 block = event.block
             argmax = event.argmax[0].tolist()
-            text, _ = decode(committed + argmax)
+            text = decode(middle_ids(committed + argmax)[0])
             on_canvas(CanvasText(event.block, event.step, event.max_steps, text, event.accepted_fraction))
 
     result = engine.generate(
@@ -210,6 +261,6 @@ def infill(
     )
     candidates = []
     for row, score in zip(result.candidates, result.candidates_tokens_per_forward):
-        text, finished = decode(row)
-        candidates.append(InfillCandidate(text, score, finished))
+        ids, finished = middle_ids(row)
+        candidates.append(InfillCandidate(decode(ids), score, finished, tuple(ids)))
     return InfillResult(candidates, chosen, result)

@@ -26,7 +26,7 @@ def _version_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from engine import EMBEDDED_MODEL
-    from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP
+    from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, MODEL_HELP
 
     parser = argparse.ArgumentParser(
         parents=[_version_parser()],
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     transport.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen for one client on HOST:PORT")
     parser.add_argument("--model", default=EMBEDDED_MODEL,
-                        help=f"checkpoint directory, or {EMBEDDED_MODEL!r} for the packaged model (default)")
+                        help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--log-file", help="write the server log here (default: stderr; stdout carries LSP)")

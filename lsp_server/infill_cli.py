@@ -23,9 +23,10 @@ from typing import Any, TextIO
 
 from engine import EMBEDDED_MODEL, CanvasText
 from lsp_server.documents import Document
-from lsp_server.pipeline import Completion, InfillPipeline, load_engine
+from lsp_server.pipeline import Completion, InfillPipeline, load_model
 from lsp_server.positions import PositionEncoding
-from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, Settings, apply_changes
+from lsp_server.remote import RemoteError
+from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, MODEL_HELP, Settings, apply_changes
 
 
 class CanvasView:
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--character", type=int, required=True, help="cursor column in code points, from 1")
     parser.add_argument("--language", help="LSP languageId (default: from the file extension)")
     parser.add_argument("--model", default=EMBEDDED_MODEL,
-                        help=f"checkpoint directory, or {EMBEDDED_MODEL!r} for the packaged model (default)")
+                        help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--candidates", type=int, default=1, help="canvases sampled as one batch, then ranked")
@@ -109,13 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        pipeline = InfillPipeline(load_engine(settings))
+        pipeline = InfillPipeline(load_model(settings))
     except (ValueError, OSError, RuntimeError) as error:  # CheckpointError and InfillError are ValueErrors
         return fail(f"cannot load the model {settings.model!r}: {error}")
     load_ms = (time.perf_counter() - started) * 1000.0
 
     view = CanvasView(sys.stderr) if args.show_canvas else None
-    completion = pipeline.complete(document, position, settings, on_canvas=view.draw if view else None)
+    try:
+        completion = pipeline.complete(document, position, settings, on_canvas=view.draw if view else None)
+    except RemoteError as error:
+        return fail(f"the remote model failed: {error}")
     if args.json:
         print(json.dumps(_report(args, completion, pipeline.prompt_format, load_ms), indent=2, ensure_ascii=False))
     elif completion.text is not None:

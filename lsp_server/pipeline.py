@@ -1,4 +1,7 @@
-"""The infill pipeline: context -> Engine.infill -> post-processing -> ranking.
+"""The infill pipeline: context -> model.infill -> post-processing -> ranking.
+
+The model is an :class:`InfillModel`: the local :class:`~engine.Engine`, or a
+:class:`~lsp_server.remote.RemoteModel` when the ``model`` setting is a server's URL.
 
 The server and ``diffgemma-infill`` run the same stages. The server calls them one by one, because the stages
 that read a :class:`~lsp_server.documents.Document` (context, post-processing, ranking) must run on the event
@@ -12,20 +15,20 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 import engine
 from engine import CanvasText, Engine, InfillResult
-from engine.infill import prompt_format, text_tokenizer
 from lsp_server.completion_mode import CompletionMode
 from lsp_server.context import ContextBudget, InfillContext, build_context
 from lsp_server.documents import Document
 from lsp_server.positions import PositionLike
 from lsp_server.postprocess import postprocess
 from lsp_server.ranking import RankedCandidate, rank_candidates
-from lsp_server.settings import Settings
+from lsp_server.remote import RemoteModel, RemoteUnavailable
+from lsp_server.settings import Settings, is_remote_model
 
 
 def intra_op_threads(requested: int | None) -> int:
@@ -51,6 +54,37 @@ def load_engine(settings: Settings) -> Engine:
     return loaded
 
 
+class InfillModel(Protocol):
+    """What the pipeline needs from a model; Engine and RemoteModel both have it."""
+
+    @property
+    def prompt_format(self) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def describe(self) -> str: ...
+
+    def infill(self, prefix: str, suffix: str, *, max_new_tokens: int | None = None, num_candidates: int = 1,
+               seed: int | None = None, on_canvas: Callable[[CanvasText], None] | None = None,
+               cancelled: Callable[[], bool] | None = None, **generation_overrides: Any) -> InfillResult: ...
+
+
+def load_model(settings: Settings) -> InfillModel:
+    """The model the settings name: a checkpoint loaded here, or a connection to a server.
+
+    A server that is down does not fail the load: the model is usable and its ``problem`` says what is wrong
+    until a request gets through (the server may come up later).
+    """
+    if not is_remote_model(settings.model):
+        return load_engine(settings)
+    remote = RemoteModel.from_settings(settings)
+    try:
+        remote.connect()
+    except RemoteUnavailable:
+        pass  # remote.problem has it
+    return remote
+
+
 @dataclass(frozen=True)
 class Completion:
     """One completion made by :meth:`InfillPipeline.complete`."""
@@ -68,14 +102,21 @@ class Completion:
 class InfillPipeline:
     """The stages of a completion for one loaded engine."""
 
-    def __init__(self, loaded: Engine) -> None:
-        self.engine = loaded
-        tokenizer = text_tokenizer(loaded)
-        self.prompt_format = prompt_format(tokenizer)  # fails here, at load, for a tokenizer that cannot infill
-        self._tokenizer = tokenizer
+    def __init__(self, model: InfillModel) -> None:
+        self.model = model
+        model.prompt_format  # noqa: B018 - fails here, at load, for a tokenizer that cannot infill
+
+    @property
+    def prompt_format(self) -> str:
+        return self.model.prompt_format
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        return self.model.count_tokens(text)
+
+    def close(self) -> None:
+        """Release what the model holds beyond memory (a remote model's connections and thread)."""
+        if isinstance(self.model, RemoteModel):
+            self.model.close()
 
     def context(
         self,
@@ -105,7 +146,7 @@ class InfillPipeline:
         overrides: dict[str, Any] = {"sampling": "fast"}
         if settings.denoising_steps is not None:
             overrides["max_denoising_steps"] = settings.denoising_steps
-        return self.engine.infill(
+        return self.model.infill(
             context.prompt_prefix(), context.suffix, max_new_tokens=settings.max_new_tokens,
             num_candidates=settings.candidates, seed=settings.seed, on_canvas=on_canvas, cancelled=cancelled,
             **overrides,

@@ -65,8 +65,9 @@ from lsp_server.jsonrpc import (
     parse_envelope,
     strict_converter,
 )
-from lsp_server.pipeline import InfillPipeline, load_engine
+from lsp_server.pipeline import InfillPipeline, load_model
 from lsp_server.positions import PositionError, encode_text
+from lsp_server.remote import RemoteError, RemoteModel
 from lsp_server.scheduler import Job, JobCancelled, Scheduler
 from lsp_server.settings import LOAD_FIELDS, Settings, apply_changes
 from lsp_server.stats import LastRun, Stats
@@ -222,6 +223,7 @@ class DiffgemmaServer(LanguageServer):
         self._newest_request: dict[str, int] = {}  # per document: the number of the newest completion request
         self._issued: OrderedDict[str, None] = OrderedDict()
         self._disabled_logged: set[str] = set()
+        self._remote_problem: str | None = None  # the reason last logged for a remote model's failure
 
     # ------------------------------------------------------------------------------------------- messages
 
@@ -335,13 +337,19 @@ class DiffgemmaServer(LanguageServer):
     async def load_model(self) -> None:
         """Load the model the settings name on the worker, reporting progress and status; never raises."""
         settings = self.settings
-        self.pipeline = None
+        previous, self.pipeline = self.pipeline, None
         self.set_status(Status.LOADING, f"loading {settings.model}")
         token = await self._create_progress()
         if token is not None:
             self.work_done_progress.begin(
                 token, types.WorkDoneProgressBegin(title="diffgemma", message=f"loading {settings.model}"))
-        job = self.scheduler.submit(MODEL_JOB, lambda job: InfillPipeline(load_engine(settings)))
+
+        def load(job: Job) -> InfillPipeline:
+            if previous is not None:  # on the worker: no job of the previous model is running now
+                previous.close()
+            return InfillPipeline(load_model(settings))
+
+        job = self.scheduler.submit(MODEL_JOB, load)
         try:
             pipeline = await job.future
         except JobCancelled:  # a newer load replaced this one; it reports for itself
@@ -357,11 +365,26 @@ class DiffgemmaServer(LanguageServer):
             if token is not None:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd())
         self.pipeline = pipeline
-        loaded = pipeline.engine
-        description = (f"{loaded.path} on {loaded.device} ({str(loaded.dtype).removeprefix('torch.')}), "
-                       f"{pipeline.prompt_format} prompts, canvas {loaded.config.canvas_length}")
-        self.set_status(Status.READY, description)
+        description = pipeline.model.describe()
         self.log(types.MessageType.Info, f"model ready: {description}")
+        if isinstance(pipeline.model, RemoteModel) and pipeline.model.problem is not None:
+            self._remote_failed(RemoteError(pipeline.model.base_url, pipeline.model.problem))
+        else:
+            self.set_status(Status.READY, description)
+
+    def _remote_failed(self, error: RemoteError) -> None:
+        """Status error with the URL and the reason, logged when the reason changes (not once per keystroke)."""
+        if self.status is not Status.ERROR or self._remote_problem != error.reason:
+            self._remote_problem = error.reason
+            self.log(types.MessageType.Warning, f"remote model unavailable: {error}")
+        self.set_status(Status.ERROR, str(error))
+
+    def _remote_recovered(self) -> None:
+        if self.status is Status.ERROR and self.pipeline is not None:
+            self._remote_problem = None
+            description = self.pipeline.model.describe()
+            self.log(types.MessageType.Info, f"remote model back: {description}")
+            self.set_status(Status.READY, description)
 
     async def _create_progress(self) -> str | None:
         """A server-initiated work-done progress token, if the client supports them."""
@@ -591,6 +614,10 @@ class DiffgemmaServer(LanguageServer):
             self.scheduler.cancel(job)
             self.stats.cancellations += 1
             raise
+        except RemoteError as error:  # down, slow or garbage: an empty completion and a status, no crash
+            self.stats.errors += 1
+            self._remote_failed(error)
+            return None
         except Exception as error:  # noqa: BLE001 - an engine failure costs one completion, not the server
             self.stats.errors += 1
             self.log(types.MessageType.Error, f"model run for {uri} failed: {type(error).__name__}: {error}")
@@ -598,6 +625,7 @@ class DiffgemmaServer(LanguageServer):
         finally:
             self.stats.model_runs += job.started
             stream.end()
+        self._remote_recovered()
         generation = result.generation
         self.stats.last_run = LastRun(generation.prompt_tokens, generation.encoded_prompt_tokens, generation.steps,
                                       generation.blocks, generation.wall_time_s * 1000.0, generation.tokens_per_forward)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine import EMBEDDED_MODEL
 from engine.engine import DTYPES
@@ -22,7 +23,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass(frozen=True)
 class Settings:
-    model: str = EMBEDDED_MODEL  # checkpoint directory, or "embedded"
+    model: str = EMBEDDED_MODEL  # checkpoint directory, "embedded", or a server's base URL (http://host:8000/v1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32
     canvas_length: int | None = None  # tokens per denoised block; None: the checkpoint's
@@ -35,6 +36,12 @@ class Settings:
     enabled_languages: tuple[str, ...] = ("*",)  # LSP languageIds or language names; "*" for all
     cache_size: int = 256  # completion results remembered (LRU)
     canvas_notifications: bool = True  # stream diffgemma/canvas while denoising
+    # A remote model (``model`` is a URL: vLLM, diffgemma-serve or another OpenAI-compatible server):
+    api_key: str | None = field(default=None, repr=False)  # bearer token; None: $DIFFGEMMA_API_KEY, if set
+    remote_model: str | None = None  # the served model's name; None: the only one /v1/models lists
+    request_timeout: float = 10.0  # seconds a remote request may take, streaming included
+    tls_verify: bool = True  # verify https certificates (CA bundle: $SSL_CERT_FILE; proxies: $HTTPS_PROXY ...)
+    tokenizer: str | None = None  # the remote model's tokenizer.json (or its directory): prompts go as token ids
 
     def to_wire(self) -> dict[str, Any]:
         return {wire_name(f.name): _plain(getattr(self, f.name)) for f in fields(self)}
@@ -43,11 +50,15 @@ class Settings:
         return "*" in self.enabled_languages or any(name in self.enabled_languages for name in names if name)
 
 
+MODEL_HELP = (f"checkpoint directory, {EMBEDDED_MODEL!r} for the packaged model (default), or a server's base URL "
+              "such as http://gpu-box:8000/v1 (vLLM or diffgemma-serve; API key from $DIFFGEMMA_API_KEY or the "
+              "apiKey setting)")
 DTYPE_CHOICES = ("auto", *sorted(DTYPES))
 DTYPE_HELP = "weights and activations (default auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32)"
 
 # Settings read when the model is loaded: changing one reloads it.
-LOAD_FIELDS = frozenset({"model", "device", "dtype", "canvas_length"})
+LOAD_FIELDS = frozenset({"model", "device", "dtype", "canvas_length", "api_key", "remote_model", "request_timeout",
+                         "tls_verify", "tokenizer"})
 
 
 def wire_name(field_name: str) -> str:
@@ -74,10 +85,33 @@ def _positive_int(value: Any, optional: bool = False) -> Any:
     return value
 
 
+def is_remote_model(model: str) -> bool:
+    """Whether ``model`` names a server (an http or https URL) rather than a checkpoint."""
+    return urlsplit(model).scheme in ("http", "https")
+
+
 def _check_model(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a checkpoint directory or {EMBEDDED_MODEL!r}, got {value!r}")
+        raise ValueError(f"expected a checkpoint directory, {EMBEDDED_MODEL!r} or a server URL, got {value!r}")
+    if is_remote_model(value) and not urlsplit(value).hostname:
+        raise ValueError(f"expected a server URL such as http://host:8000/v1, got {value!r}")
     return value
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"expected a non-empty string or null, got {_redacted(value)!r}")
+    return value
+
+
+def _redacted(value: Any) -> Any:
+    return "***" if isinstance(value, str) else value
+
+
+def _check_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+        raise ValueError(f"expected seconds in (0, 3600], got {value!r}")
+    return float(value)
 
 
 def _check_device(value: Any) -> str:
@@ -126,6 +160,11 @@ _CHECKS = {
     "enabled_languages": _check_languages,
     "cache_size": _positive_int,
     "canvas_notifications": _check_bool,
+    "api_key": _optional_text,
+    "remote_model": _optional_text,
+    "request_timeout": _check_timeout,
+    "tls_verify": _check_bool,
+    "tokenizer": _optional_text,
 }
 
 

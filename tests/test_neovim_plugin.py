@@ -412,6 +412,91 @@ def test_fallback_reports_a_missing_server_command(debian_nvim, tmp_path) -> Non
     _check_bad_command(run_scenario(debian_nvim, "bad_cmd", tmp_path, cmd=cmd), cmd, problem)
 
 
+REMOTE_URL = "http://gpu-box:8000/v1"
+API_KEY = "sk-test-not-a-real-key-4242"
+
+
+def _section(report: list[str], title: str) -> str:
+    """The lines of one section of a :checkhealth report (0.7: "## title"; 0.10+: "title ~" headings)."""
+    text = "\n".join(report)
+    start = text.index(title)
+    heading = re.compile(r"^(##|\S.*~$)", re.MULTILINE)
+    following = heading.search(text, text.index("\n", start))
+    return text[start:following.start() if following else len(text)]
+
+
+def _check_remote(result: dict) -> None:
+    # setup() knows the remote settings and sends them as given; a misspelt one names them.
+    assert result["setup_error"] is None, result["setup_error"]
+    assert 'unknown server setting "remoteModle"' in result["misspelt_error"]
+    for name in ("apiKey", "remoteModel", "requestTimeout", "tlsVerify", "tokenizer"):
+        assert name in result["known_settings"]
+        assert name in result["misspelt_error"]
+    sent = result["sent_settings"]
+    assert {key: sent[key] for key in ("model", "apiKey", "remoteModel", "requestTimeout", "tlsVerify")} == {
+        "model": REMOTE_URL, "apiKey": API_KEY, "remoteModel": "dg", "requestTimeout": 2.5, "tlsVerify": False}
+    assert sent["tokenizer"].startswith("/") and sent["canvasNotifications"] is False
+
+    # A remote error that comes and goes: one notification per new reason, and back to ready with no error left.
+    notified = [entry["message"] for entry in result["notifications"]]
+    assert notified == [f"diffgemma: {REMOTE_URL}: connection refused",
+                        f"diffgemma: {REMOTE_URL}: HTTP 401 Unauthorized",
+                        f"diffgemma: {REMOTE_URL}: HTTP 401 Unauthorized"], notified
+    assert result["status_after_recovery"] == {"state": "ready", "message": f"remote {REMOTE_URL}"}
+    refused = [line for line in result["status_log"] if "connection refused" in line]
+    assert refused == [f"status: error ({REMOTE_URL}: connection refused)"] * 2, result["status_log"]
+
+    reports = result["reports"]
+    levels = {name: [level for level, _ in report] for name, report in reports.items()}
+    texts = {name: "\n".join(message for _, message in report) for name, report in reports.items()}
+    assert all(API_KEY not in text for text in texts.values()), "the health check never shows the key"
+    assert levels["embedded"] == ["ok"] and "embedded model" in texts["embedded"]
+    assert levels["missing_checkpoint"] == ["error"] and "is not a checkpoint directory" in texts["missing_checkpoint"]
+    for name in ("https_with_key", "http_with_key", "http_with_env_key", "http_without_key", "localhost",
+                 "loopback_ipv4", "loopback_ipv6", "tls_off", "tokenizer_dir"):
+        assert levels[name][0] == "ok", (name, reports[name])
+        assert "remote model at " in texts[name], (name, texts[name])
+        assert "not a checkpoint directory" not in texts[name], (name, texts[name])
+    assert 'served model "dg"' in texts["https_with_key"]
+    assert "the only model its /v1/models lists" in texts["http_with_key"]
+    assert "API key: from settings.apiKey" in texts["https_with_key"]
+    assert "API key: from $DIFFGEMMA_API_KEY" in texts["http_with_env_key"]
+    assert "no API key" in texts["http_without_key"]
+    # An API key over http:// to another machine: a warning, wherever the key comes from.
+    for name, source in (("http_with_key", "settings.apiKey"), ("http_with_env_key", "$DIFFGEMMA_API_KEY"),
+                         ("http_user_info", "settings.apiKey")):
+        assert levels[name].count("warn") == 1, (name, reports[name])
+        assert f"the API key ({source}) travels unencrypted" in texts[name], texts[name]
+    assert "http:// to gpu-box" in texts["http_user_info"], "the host, without user info, port or case"
+    for name in ("https_with_key", "http_without_key", "localhost", "localhost_upper", "loopback_ipv4",
+                 "loopback_ipv6", "tokenizer_dir", "tokenizer_file"):
+        assert "warn" not in levels[name] and "error" not in levels[name], (name, reports[name])
+    assert "the code sent for completion travels unencrypted" in texts["http_without_key"]
+    assert levels["no_host"] == ["error"] and "names no host" in texts["no_host"]
+    assert "warn" in levels["tls_off"] and "tlsVerify = false" in texts["tls_off"]
+    assert "prompts are sent as token ids" in texts["tokenizer_dir"]
+    assert "prompts are sent as token ids" in texts["tokenizer_file"]
+    assert "no settings.tokenizer: prompts are sent as text" in texts["https_with_key"]
+    assert "error" in levels["tokenizer_missing"] and "no tokenizer.json there" in texts["tokenizer_missing"]
+
+    # :checkhealth itself: the URL is a remote model, not a missing checkpoint, and the key travels unencrypted.
+    model = _section(result["health"], "diffgemma: model")
+    assert f"remote model at {REMOTE_URL}" in model, model
+    assert "not a checkpoint directory" not in model and "ERROR" not in model, model
+    assert "WARNING" in model and "the API key (settings.apiKey) travels unencrypted" in model, model
+    assert "https://" in model, "the advice: use https"
+    assert "prompts are sent as token ids" in model, model
+    assert API_KEY not in "\n".join(result["health"])
+
+
+@pytest.mark.parametrize("nvim_fixture", ["debian_nvim", "nvim_012"])
+def test_remote_model_settings_health_and_errors(nvim_fixture, request, tmp_path) -> None:
+    missing = tmp_path / "nowhere" / "diffgemma-lsp"
+    result = run_scenario(request.getfixturevalue(nvim_fixture), "remote", tmp_path, cmd=[str(missing), "--stdio"],
+                          remote_url=REMOTE_URL, api_key=API_KEY)
+    _check_remote(result)
+
+
 def test_fetched_012_finds_its_bundled_parsers(nvim_012, tmp_path) -> None:
     # An install made before the fix has no usr/lib/lib/nvim; re-running the script repairs it.
     lib_dir = Path(nvim_012).resolve().parents[1] / "root" / "usr" / "lib" / "lib"

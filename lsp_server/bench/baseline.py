@@ -62,7 +62,7 @@ class TransformersBaseline:
             raise BenchError(f"transformers {transformers.__version__} has no DiffusionGemma; "
                              f"install {REFERENCE_TRANSFORMERS}")
         self.pipeline, self.settings = load_pipeline(settings)
-        self.engine = self.pipeline.engine
+        self.engine = self.pipeline.model
         self.reference = _load_reference(self.engine)
         generation = self.engine.generation_settings(self.settings.max_new_tokens)
         # Both sides get these explicitly; the rest (EOS, pad, sampler) each reads from generation_config.json.

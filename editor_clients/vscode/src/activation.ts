@@ -3,7 +3,7 @@ import { CanvasPreview } from './canvasPreview';
 import { COMMANDS, HIDE_INLINE_SUGGESTION_COMMAND } from './commands';
 import { pickSnoozeMinutes, showMenu } from './menu';
 import { DiffgemmaSession, type ClientFactory } from './session';
-import { ALL_LANGUAGES, completionsEnabled, SECTION, withEnableEntry } from './settings';
+import { ALL_LANGUAGES, API_KEY_SECRET, completionsEnabled, isRemoteModel, SECTION, withEnableEntry } from './settings';
 import { Snooze, SYSTEM_CLOCK, type Clock } from './snooze';
 import { StatusIndicator } from './statusIndicator';
 
@@ -39,6 +39,48 @@ async function setLanguageEnabled(argument: unknown, enabled: boolean): Promise<
   await setEnableEntry(language, enabled);
 }
 
+/** The part of vscode.SecretStorage the API key commands use. */
+type SecretStore = Pick<vscode.SecretStorage, 'store' | 'delete'>;
+
+/** Where the stored key takes effect, for the commands' confirmations. */
+function apiKeyUse(): string {
+  const model = vscode.workspace.getConfiguration(SECTION).get<string>('model') ?? '';
+  return isRemoteModel(model)
+    ? `the server at ${model}`
+    : 'a remote model server (set diffgemma.model to its URL, e.g. http://gpu-box:8000/v1)';
+}
+
+/**
+ * "DiffGemma: Set API Key": asks for the remote model server's key (a password box) and keeps it in VS Code's
+ * SecretStorage (the OS keyring), never in settings.json, so Settings Sync does not copy it. Empty: removes it.
+ */
+async function setApiKey(secrets: SecretStore): Promise<void> {
+  const key = await vscode.window.showInputBox({
+    title: 'DiffGemma: Set API Key',
+    prompt:
+      'The bearer token of the remote model server, kept in the secret storage (not in settings). ' +
+      'It takes precedence over the diffgemma.apiKey setting and $DIFFGEMMA_API_KEY. Leave empty to remove it.',
+    password: true,
+    ignoreFocusOut: true,
+  });
+  if (key === undefined) {
+    return; // dismissed: the stored key stays
+  }
+  if (key.trim()) {
+    await secrets.store(API_KEY_SECRET, key.trim());
+    void vscode.window.showInformationMessage(`DiffGemma: API key stored; it is sent to ${apiKeyUse()}.`);
+  } else {
+    await clearApiKey(secrets);
+  }
+}
+
+async function clearApiKey(secrets: SecretStore): Promise<void> {
+  await secrets.delete(API_KEY_SECRET);
+  void vscode.window.showInformationMessage(
+    'DiffGemma: stored API key removed; the diffgemma.apiKey setting or $DIFFGEMMA_API_KEY applies, if set.',
+  );
+}
+
 /** Builds the extension's parts, registers its commands and listeners on `context`, and starts the server. */
 export async function activateWith(
   context: vscode.ExtensionContext,
@@ -52,7 +94,7 @@ export async function activateWith(
   );
   const canvas = new CanvasPreview();
   const snooze = new Snooze(clock);
-  const session = new DiffgemmaSession(createClient, status, canvas, log, snooze);
+  const session = new DiffgemmaSession(createClient, status, canvas, log, snooze, context.secrets);
   context.subscriptions.push(
     log,
     status,
@@ -79,6 +121,8 @@ export async function activateWith(
     vscode.commands.registerCommand(COMMANDS.resume, () => snooze.resume()),
     vscode.commands.registerCommand(COMMANDS.restartServer, () => session.restart()),
     vscode.commands.registerCommand(COMMANDS.showLog, () => log.show()),
+    vscode.commands.registerCommand(COMMANDS.setApiKey, () => setApiKey(context.secrets)),
+    vscode.commands.registerCommand(COMMANDS.clearApiKey, () => clearApiKey(context.secrets)),
     vscode.workspace.onDidChangeConfiguration((event) => session.onConfigurationChanged(event)),
     vscode.window.onDidChangeActiveTextEditor(() => session.refreshStatus()),
     vscode.workspace.onDidChangeTextDocument((event) => {

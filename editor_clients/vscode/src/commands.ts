@@ -16,6 +16,9 @@ export const COMMANDS = {
   resume: 'diffgemma.resume',
   restartServer: 'diffgemma.restartServer',
   showLog: 'diffgemma.showLog',
+  /** The remote model server's API key, kept in VS Code's SecretStorage (sent to the server as apiKey). */
+  setApiKey: 'diffgemma.setApiKey',
+  clearApiKey: 'diffgemma.clearApiKey',
 } as const;
 
 /** VS Code's own command that takes the ghost text being shown away. */

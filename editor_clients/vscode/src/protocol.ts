@@ -8,7 +8,10 @@ export type ServerState = 'loading' | 'ready' | 'busy' | 'error';
 export interface StatusParams {
   state: ServerState;
   message?: string;
-  /** The model setting in effect ("embedded" or a checkpoint directory). */
+  /**
+   * The model setting in effect ("embedded", a checkpoint directory or a server URL). With a server URL an
+   * "error" comes and goes: "<url>: <reason>" while the server is down, slow or refuses the key, then "ready".
+   */
   model?: string;
 }
 

@@ -4,6 +4,7 @@ import { CanvasPreview } from './canvasPreview';
 import type { CompletionGate } from './menu';
 import { CANVAS_NOTIFICATION, STATUS_NOTIFICATION, type CanvasParams, type StatusParams } from './protocol';
 import {
+  API_KEY_SECRET,
   canvasPreviewEnabled,
   completionsEnabled,
   completionsEnabledFor,
@@ -35,6 +36,16 @@ export type ClientFactory = (
   log: vscode.LogOutputChannel,
 ) => ServerClient;
 
+/** The part of vscode.SecretStorage (ExtensionContext.secrets) the session reads: the stored API key. */
+export interface SecretReader {
+  get(key: string): Thenable<string | undefined>;
+  onDidChange: vscode.Event<{ key: string }>;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 function configuration(): vscode.WorkspaceConfiguration {
   return vscode.workspace.getConfiguration(SECTION);
 }
@@ -57,6 +68,13 @@ export class DiffgemmaSession implements vscode.Disposable {
   private client: ServerClient | undefined;
   private clientSubscriptions: vscode.Disposable[] = [];
   private readonly snoozeSubscription: { dispose(): void };
+  private readonly secretSubscription: { dispose(): void } | undefined;
+  /**
+   * The last error message popped up. A remote model's error comes and goes with the remote server; the same
+   * reason again (after a "ready" in between) only updates the status bar. Forgotten on a (re)start and on a
+   * settings change.
+   */
+  private announcedError: string | undefined;
 
   constructor(
     private readonly createClient: ClientFactory,
@@ -64,11 +82,18 @@ export class DiffgemmaSession implements vscode.Disposable {
     private readonly canvas: CanvasPreview,
     private readonly log: vscode.LogOutputChannel,
     readonly snooze: Snooze = new Snooze(),
+    private readonly secrets?: SecretReader,
   ) {
     this.snoozeSubscription = snooze.onDidChange(() => {
       this.canvas.clear();
       this.refreshStatus();
     });
+    // "Set API Key" / "Clear API Key" (in this window or another): the running server gets the new key.
+    this.secretSubscription = secrets?.onDidChange((event) =>
+      event.key === API_KEY_SECRET
+        ? this.sendSettings().catch((error) => this.log.warn(`sending the new API key: ${describe(error)}`))
+        : undefined,
+    );
     this.refreshStatus();
   }
 
@@ -107,11 +132,18 @@ export class DiffgemmaSession implements vscode.Disposable {
     this.status.setGate(this.gate());
   }
 
+  /** The settings sent to the server: the configuration, with the API key from SecretStorage when one is stored. */
+  async serverSettings(): Promise<ServerSettings> {
+    return serverSettings(configuration(), await this.storedApiKey());
+  }
+
   async start(): Promise<void> {
     const config = configuration();
     const command = serverCommand(config);
     this.status.set('starting');
-    const client = this.createClient(command, serverSettings(config), this.middleware, this.log);
+    this.announcedError = undefined;
+    const settings = await this.serverSettings();
+    const client = this.createClient(command, settings, this.middleware, this.log);
     this.client = client;
     this.clientSubscriptions = [
       client.onNotification(STATUS_NOTIFICATION, (params: StatusParams) => this.onStatus(params)),
@@ -173,16 +205,42 @@ export class DiffgemmaSession implements vscode.Disposable {
       if (!canvasPreviewEnabled(config)) {
         this.canvas.clear();
       }
-      // The same shape VS Code's own configuration synchronisation uses: settings under the section name.
-      await this.client?.sendNotification('workspace/didChangeConfiguration', {
-        settings: { [SECTION]: serverSettings(config) },
-      });
+      await this.sendSettings();
     }
+  }
+
+  /** Sends the whole settings object to the running server (a changed field reloads the model if it must). */
+  async sendSettings(): Promise<void> {
+    if (!this.client) {
+      return;
+    }
+    const settings = await this.serverSettings();
+    const client = this.client; // the one running now (a restart during the await starts with these settings)
+    if (!client) {
+      return;
+    }
+    this.announcedError = undefined;
+    // The same shape VS Code's own configuration synchronisation uses: settings under the section name.
+    await client.sendNotification('workspace/didChangeConfiguration', { settings: { [SECTION]: settings } });
   }
 
   dispose(): void {
     this.snoozeSubscription.dispose();
+    this.secretSubscription?.dispose();
     void this.stop();
+  }
+
+  /** The key "Set API Key" stored; undefined without one, or when SecretStorage fails (no OS keyring). */
+  private async storedApiKey(): Promise<string | undefined> {
+    if (!this.secrets) {
+      return undefined;
+    }
+    try {
+      return await this.secrets.get(API_KEY_SECRET);
+    } catch (error) {
+      this.log.warn(`reading the API key from the secret storage: ${describe(error)}`);
+      return undefined;
+    }
   }
 
   private forget(client: ServerClient): void {
@@ -196,12 +254,17 @@ export class DiffgemmaSession implements vscode.Disposable {
   }
 
   private onStatus(params: StatusParams): void {
-    const previous = this.status.current.state;
+    const { state: previous, message: previousMessage } = this.status.current;
     this.status.setServerStatus(params);
     if (params.state === 'error') {
-      this.log.error(`server: ${params.message ?? 'error'}`);
-      if (previous !== 'error') {
-        void this.offerHelp(`DiffGemma: ${params.message ?? 'the server reported an error'}`, false);
+      const message = params.message ?? 'the server reported an error';
+      // A remote server that is down is reported again at every request: log each new reason once.
+      if (previous !== 'error' || previousMessage !== params.message) {
+        this.log.error(`server: ${message}`);
+      }
+      if (previous !== 'error' && message !== this.announcedError) {
+        this.announcedError = message;
+        void this.offerHelp(`DiffGemma: ${message}`, false);
       }
     } else if (params.state !== 'busy') {
       this.log.info(`server: ${params.state}${params.message ? ` (${params.message})` : ''}`);

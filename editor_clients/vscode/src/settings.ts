@@ -30,6 +30,16 @@ export interface ServerSettings {
   canvasLength: number | null;
   threads: number | null;
   canvasNotifications: boolean;
+  /** Bearer token for a remote model server; null: the server's $DIFFGEMMA_API_KEY. Never logged. */
+  apiKey: string | null;
+  /** The served model's name; null: the only one the server's /v1/models lists. */
+  remoteModel: string | null;
+  /** Seconds a remote request may take, in (0, 3600]. */
+  requestTimeout: number;
+  /** Verify https certificates of a remote server. */
+  tlsVerify: boolean;
+  /** A local tokenizer.json (or its directory) of the remote model: prompts go as token ids; null: as text. */
+  tokenizer: string | null;
 }
 
 export const DEFAULT_SERVER_COMMAND = 'diffgemma-lsp';
@@ -50,7 +60,31 @@ export const SERVER_SETTINGS = [
   'canvasLength',
   'threads',
   'showDenoisingCanvas',
+  'apiKey',
+  'remoteModel',
+  'requestTimeout',
+  'tlsVerify',
+  'tokenizer',
 ] as const;
+
+/** The key under which the "DiffGemma: Set API Key" command keeps the key in VS Code's SecretStorage. */
+export const API_KEY_SECRET = 'diffgemma.apiKey';
+
+/** The server's default requestTimeout (seconds). */
+export const DEFAULT_REQUEST_TIMEOUT = 10;
+
+/**
+ * Whether `model` names a remote server (an http or https URL) rather than a checkpoint directory or
+ * "embedded": the test lsp_server/settings.py's is_remote_model makes.
+ */
+export function isRemoteModel(model: string): boolean {
+  return /^https?:\/\//i.test(model.trim());
+}
+
+/** A string setting that is optional on the server: blank or missing is null (the server rejects ""). */
+function optionalText(value: unknown): string | null {
+  return typeof value === 'string' && value.trim() ? value.trim() : null;
+}
 
 export function serverCommand(config: ConfigurationReader): ServerCommand {
   const command = (config.get<string>('server.command') ?? '').trim() || DEFAULT_SERVER_COMMAND;
@@ -58,8 +92,14 @@ export function serverCommand(config: ConfigurationReader): ServerCommand {
   return { command, args: [...args] };
 }
 
-export function serverSettings(config: ConfigurationReader): ServerSettings {
+/**
+ * The server settings for `config`. `storedApiKey` is the key the "Set API Key" command put in SecretStorage;
+ * it wins over the plain `diffgemma.apiKey` setting (the fallback), and without either the server reads
+ * $DIFFGEMMA_API_KEY.
+ */
+export function serverSettings(config: ConfigurationReader, storedApiKey?: string): ServerSettings {
   const dtype = config.get<string>('dtype') ?? 'auto';
+  const timeout = config.get<number>('requestTimeout');
   return {
     model: config.get<string>('model') || 'embedded',
     device: config.get<string>('device') || 'auto',
@@ -72,6 +112,11 @@ export function serverSettings(config: ConfigurationReader): ServerSettings {
     canvasLength: config.get<number | null>('canvasLength') ?? null,
     threads: config.get<number | null>('threads') ?? null,
     canvasNotifications: config.get<boolean>('showDenoisingCanvas') ?? false,
+    apiKey: optionalText(storedApiKey) ?? optionalText(config.get<string | null>('apiKey')),
+    remoteModel: optionalText(config.get<string | null>('remoteModel')),
+    requestTimeout: typeof timeout === 'number' ? timeout : DEFAULT_REQUEST_TIMEOUT,
+    tlsVerify: config.get<boolean>('tlsVerify') ?? true,
+    tokenizer: optionalText(config.get<string | null>('tokenizer')),
   };
 }
 

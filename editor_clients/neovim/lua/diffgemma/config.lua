@@ -9,7 +9,8 @@ M.defaults = {
     'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact',
     'go', 'rust', 'java', 'c', 'cpp',
   },
-  -- Server settings in its camelCase names (see :help diffgemma-settings), e.g. { model = '/path/to/ckpt' }.
+  -- Server settings in its camelCase names (see :help diffgemma-settings), e.g. { model = '/path/to/ckpt' }
+  -- or { model = 'https://gpu-box:8000/v1' } (:help diffgemma-remote).
   settings = {},
   -- Completions on when Neovim starts (:Diffgemma toggle switches them).
   enabled = true,
@@ -28,10 +29,12 @@ M.defaults = {
   },
 }
 
--- The server's settings (lsp_server/settings.py), camelCase on the wire.
+-- The server's settings (lsp_server/settings.py), camelCase on the wire. The last five are for a remote model
+-- (model = a server's base URL, e.g. 'http://gpu-box:8000/v1').
 M.server_settings = {
   'model', 'device', 'dtype', 'canvasLength', 'maxPromptTokens', 'maxNewTokens', 'denoisingSteps',
   'candidates', 'seed', 'threads', 'enabledLanguages', 'cacheSize', 'canvasNotifications',
+  'apiKey', 'remoteModel', 'requestTimeout', 'tlsVerify', 'tokenizer',
 }
 
 -- Sent unless the user sets them: Neovim draws no denoising preview, so the server need not stream canvases.

@@ -13,6 +13,99 @@ local INSTALL_ADVICE = {
     .. '(or put that .venv/bin on PATH)',
 }
 
+--- A remote model: `model` an http(s) URL (lsp_server/settings.py's is_remote_model: the scheme decides).
+--- Returns the scheme and the host (lower-case, without user info, port or IPv6 brackets; '' when missing), or nil.
+---@param model string
+---@return string|nil scheme
+---@return string|nil host
+function M.remote_model(model)
+  local scheme = model:match('^%s*(%a[%w+.-]*):')
+  scheme = scheme and scheme:lower()
+  if scheme ~= 'http' and scheme ~= 'https' then
+    return nil
+  end
+  local authority = (model:match('^%s*[^:]+://([^/?#]*)') or ''):gsub('^.*@', '')
+  local host = authority:match('^%[([^%]]*)%]') or authority:match('^[^:]*')
+  return scheme, host:lower()
+end
+
+--- Whether `host` is this machine (traffic to it never leaves it).
+---@param host string
+---@return boolean
+function M.is_loopback(host)
+  return host == 'localhost' or host:match('%.localhost$') ~= nil or host:match('^127%.%d+%.%d+%.%d+$') ~= nil
+    or host == '::1' or host == '0:0:0:0:0:0:0:1' or host:match('^::ffff:127%.%d+%.%d+%.%d+$') ~= nil
+end
+
+local function text_setting(value)
+  return type(value) == 'string' and vim.trim(value) ~= '' and value or nil
+end
+
+--- What :checkhealth says about the model settings, as { level = 'ok'|'info'|'warn'|'error', message, advice }
+--- entries. `env_key` is $DIFFGEMMA_API_KEY, which the server uses when apiKey is not set. Never shows the key.
+---@param settings table the server settings of setup()
+---@param env_key string|nil
+---@return table[]
+function M.model_report(settings, env_key)
+  local report = {}
+  local function add(level, message, advice)
+    table.insert(report, { level = level, message = message, advice = advice })
+  end
+  local model = text_setting(settings.model) or 'embedded'
+  local scheme, host = M.remote_model(model)
+  if not scheme then
+    local model_path = vim.fn.expand(model)
+    if model == 'embedded' then
+      add('ok', 'the embedded model packaged with diffgemma-lsp')
+    elseif vim.fn.filereadable(model_path .. '/config.json') == 1 then
+      add('ok', 'checkpoint ' .. model_path)
+    else
+      add('error', ('settings.model %q is not a checkpoint directory (no config.json)'):format(model))
+    end
+    return report
+  end
+  if host == '' then
+    add('error', ('settings.model %q is not a server URL: it names no host'):format(model),
+      { "a remote model is a server's base URL, e.g. model = 'http://gpu-box:8000/v1'" })
+    return report
+  end
+  local served = text_setting(settings.remoteModel)
+  add('ok', ('remote model at %s (%s)'):format(model,
+    served and ('served model %q'):format(served) or 'the only model its /v1/models lists'))
+  -- The server takes $DIFFGEMMA_API_KEY when apiKey is null (or not a key it accepts).
+  local key_source = text_setting(settings.apiKey) and 'settings.apiKey'
+    or text_setting(env_key) and '$DIFFGEMMA_API_KEY' or nil
+  add('info', key_source and ('API key: from %s (sent as a bearer token)'):format(key_source)
+    or 'no API key (settings.apiKey or $DIFFGEMMA_API_KEY): requests carry no Authorization header')
+  if scheme == 'http' and not M.is_loopback(host) then
+    if key_source then
+      add('warn', ('the API key (%s) travels unencrypted over http:// to %s, another machine'):format(
+        key_source, host), { 'use the https:// URL of the server', 'or reach it through an SSH tunnel: '
+          .. "ssh -L 8000:localhost:8000 " .. host .. ", then model = 'http://localhost:8000/v1'" })
+    else
+      add('info', ('%s is http:// to another machine: the code sent for completion travels unencrypted'):format(model))
+    end
+  end
+  if scheme == 'https' and settings.tlsVerify == false then
+    add('warn', "tlsVerify = false: the server's certificate is not checked, so anyone on the way can impersonate it",
+      { 'add its CA to the bundle in $SSL_CERT_FILE instead' })
+  end
+  local tokenizer = text_setting(settings.tokenizer)
+  if tokenizer then
+    local path = vim.fn.expand(tokenizer)
+    local file = vim.fn.isdirectory(path) == 1 and (path .. '/tokenizer.json') or path
+    if vim.fn.filereadable(file) == 1 then
+      add('ok', ('tokenizer %s: prompts are sent as token ids'):format(file))
+    else
+      add('error', ('settings.tokenizer %q: no tokenizer.json there'):format(tokenizer),
+        { "the served model's tokenizer.json, or the checkpoint directory holding it" })
+    end
+  else
+    add('info', 'no settings.tokenizer: prompts are sent as text')
+  end
+  return report
+end
+
 -- Long enough for `diffgemma-lsp --version`, which imports torch.
 local VERSION_TIMEOUT_MS = 20000
 
@@ -97,14 +190,18 @@ function M.check()
   end
 
   health.start('diffgemma: model')
-  local model = config.settings.model or 'embedded'
-  local model_path = vim.fn.expand(model)
-  if model == 'embedded' then
-    health.ok('the embedded model packaged with diffgemma-lsp')
-  elseif vim.fn.filereadable(model_path .. '/config.json') == 1 then
-    health.ok('checkpoint ' .. model_path)
-  else
-    health.error(('settings.model %q is not a checkpoint directory (no config.json)'):format(model))
+  for _, entry in ipairs(M.model_report(config.settings, vim.env.DIFFGEMMA_API_KEY)) do
+    if entry.advice then
+      health[entry.level](entry.message, entry.advice)
+    else
+      health[entry.level](entry.message)
+    end
+  end
+  local remote = M.remote_model(text_setting(config.settings.model) or 'embedded') ~= nil
+  local advice = { ':Diffgemma log shows what the server said', ':Diffgemma restart' }
+  if remote then
+    table.insert(advice, 1, ('check the remote server: %s/models should list its models'):format(
+      (vim.trim(config.settings.model):gsub('/+$', ''))))
   end
 
   health.start('diffgemma: running server')
@@ -113,8 +210,7 @@ function M.check()
     if problem then
       health.error(('the server is not running: it cannot start, %s (see above)'):format(problem))
     elseif status.current.state == 'error' then
-      health.error('the server is not running: ' .. (status.current.message or 'it failed'),
-        { ':Diffgemma log shows what the server said', ':Diffgemma restart' })
+      health.error('the server is not running: ' .. (status.current.message or 'it failed'), advice)
     else
       health.info('the server is not running (it starts with the first buffer of a configured filetype)')
     end
@@ -123,7 +219,7 @@ function M.check()
   local current = status.current
   local line = ('server %s%s'):format(current.state, current.message and (': ' .. current.message) or '')
   if current.state == 'error' or current.state == 'stopped' then
-    health.error(line, { ':Diffgemma log shows what the server said', ':Diffgemma restart' })
+    health.error(line, advice)
   elseif current.state == 'loading' then
     health.info(line)
   else

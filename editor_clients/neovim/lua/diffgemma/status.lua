@@ -22,8 +22,15 @@ function M.subscribe(callback)
   table.insert(M.listeners, callback)
 end
 
+-- The last error shown with vim.notify. A remote model's error comes and goes with the remote server: the same
+-- reason again after a "ready" only changes the status. A new server or model load ("stopped", "loading") forgets it.
+local notified_error
+
 local function announce(state, message, previous)
-  if state == 'error' and previous ~= 'error' then
+  if state == 'stopped' or state == 'loading' then
+    notified_error = nil
+  elseif state == 'error' and previous ~= 'error' and message ~= notified_error then
+    notified_error = message
     -- Soon, not now: an error message inside a command (the :edit whose FileType found no server to start)
     -- would make that command fail.
     vim.schedule(function()
@@ -49,9 +56,10 @@ end
 ---@param state string loading|ready|busy|error|stopped
 ---@param message string|nil
 function M.set(state, message)
-  local previous = M.current.state
+  local previous, previous_message = M.current.state, M.current.message
   M.current = { state = state, message = message }
-  if state ~= 'busy' then
+  -- A remote server that is down is reported again at every request: each state and message is logged once.
+  if state ~= 'busy' and not (state == previous and message == previous_message) then
     M.append_log(('status: %s%s'):format(state, message and message ~= '' and (' (' .. message .. ')') or ''))
   end
   if vim.in_fast_event() then

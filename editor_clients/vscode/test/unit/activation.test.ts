@@ -8,15 +8,23 @@ import { ACCEPT_COMMAND } from '../../src/protocol';
 import { HIDE_INLINE_SUGGESTION_COMMAND } from '../../src/commands';
 import { FakeClock } from './fakeClock';
 import { recordingFactory } from './recordingClient';
-import { ConfigurationTarget, StubTextEditor, stubState, type StubQuickPickItem } from './vscodeStub';
+import { API_KEY_SECRET } from '../../src/settings';
+import { ConfigurationTarget, StubSecretStorage, StubTextEditor, stubState, type StubQuickPickItem } from './vscodeStub';
 
 const manifest = JSON.parse(readFileSync(join(__dirname, '..', '..', '..', 'package.json'), 'utf8'));
 
-async function activate(clock = new FakeClock()) {
-  const context = { subscriptions: [] as { dispose(): unknown }[] };
+async function activate(clock = new FakeClock(), secrets = new StubSecretStorage()) {
+  const context = { subscriptions: [] as { dispose(): unknown }[], secrets };
   const { clients, factory } = recordingFactory();
   const session = await activateWith(context as any, factory as any, clock);
-  return { context, clients, session, clock };
+  return { context, clients, session, clock, secrets };
+}
+
+/** The diffgemma settings of the newest workspace/didChangeConfiguration `client` was sent. */
+function lastSentSettings(client: { sentNotifications: { method: string; params: unknown }[] }): Record<string, unknown> {
+  const sent = client.sentNotifications.filter((n) => n.method === 'workspace/didChangeConfiguration');
+  assert.ok(sent.length > 0, 'no workspace/didChangeConfiguration was sent');
+  return (sent.at(-1)!.params as { settings: { diffgemma: Record<string, unknown> } }).settings.diffgemma;
 }
 
 /** Asks the middleware for inline completions in a document of `languageId`; true when the server was asked. */
@@ -224,4 +232,57 @@ test('editing the previewed document clears the canvas preview', async () => {
   assert.equal(editor.decorations.get(decoration)?.length, 1);
   await stubState.textDocumentChanged.fire({ document: editor.document });
   assert.deepEqual(editor.decorations.get(decoration), []);
+});
+
+test('Set API Key keeps the key in SecretStorage, not in settings, and the server gets it at once and at restart', async () => {
+  stubState.settings.set('diffgemma.model', 'https://gpu-box:8000/v1');
+  const { clients, secrets } = await activate();
+  assert.equal(clients[0].settings.apiKey, null, 'no key anywhere: null, the server reads $DIFFGEMMA_API_KEY');
+
+  stubState.inputBoxValue = '  sk-secret-1  ';
+  await stubState.commands.get(COMMANDS.setApiKey)!();
+  const [box] = stubState.inputBoxes;
+  assert.equal(box.password, true, 'the key is typed into a password box');
+  assert.equal(box.ignoreFocusOut, true);
+  assert.deepEqual([...secrets.values], [[API_KEY_SECRET, 'sk-secret-1']]);
+  assert.deepEqual(stubState.settingUpdates, [], 'no setting is written: settings.json never holds the key');
+  assert.equal(lastSentSettings(clients[0]).apiKey, 'sk-secret-1', 'the running server gets the key');
+  assert.match(stubState.infoMessages.at(-1)!, /API key stored; it is sent to the server at https:\/\/gpu-box:8000\/v1/);
+  assert.doesNotMatch(stubState.infoMessages.join('\n') + stubState.outputChannels[0].lines.join('\n'), /sk-secret/, 'never shown or logged');
+
+  // The stored key wins over the plain setting, which is the fallback.
+  await stubState.changeSettings({ 'diffgemma.apiKey': 'from-settings' });
+  assert.equal(lastSentSettings(clients[0]).apiKey, 'sk-secret-1');
+  await stubState.commands.get(COMMANDS.restartServer)!();
+  assert.equal(clients[1].settings.apiKey, 'sk-secret-1', 'a new server starts with the stored key');
+
+  // Dismissing the box keeps the key; an empty answer removes it, and the setting applies again.
+  const sentBefore = clients[1].sentNotifications.length;
+  stubState.inputBoxValue = undefined;
+  await stubState.commands.get(COMMANDS.setApiKey)!();
+  assert.equal(secrets.values.get(API_KEY_SECRET), 'sk-secret-1');
+  assert.equal(clients[1].sentNotifications.length, sentBefore);
+  stubState.inputBoxValue = '';
+  await stubState.commands.get(COMMANDS.setApiKey)!();
+  assert.equal(secrets.values.has(API_KEY_SECRET), false);
+  assert.equal(lastSentSettings(clients[1]).apiKey, 'from-settings');
+  assert.match(stubState.infoMessages.at(-1)!, /stored API key removed/);
+
+  await secrets.store(API_KEY_SECRET, 'sk-secret-2');
+  assert.equal(lastSentSettings(clients[1]).apiKey, 'sk-secret-2', 'a key stored by another window is picked up');
+  await stubState.commands.get(COMMANDS.clearApiKey)!();
+  assert.equal(secrets.values.has(API_KEY_SECRET), false);
+  assert.equal(lastSentSettings(clients[1]).apiKey, 'from-settings');
+  await secrets.store('another.extension.secret', 'x');
+  assert.equal(lastSentSettings(clients[1]).apiKey, 'from-settings', 'other secrets are not the API key');
+});
+
+test('without an OS keyring the API key falls back to the setting, with a warning in the log', async () => {
+  stubState.settings.set('diffgemma.apiKey', 'from-settings');
+  const secrets = new StubSecretStorage();
+  secrets.failing = new Error('no keyring');
+  const { clients } = await activate(new FakeClock(), secrets);
+  assert.equal(clients[0].started, 1);
+  assert.equal(clients[0].settings.apiKey, 'from-settings');
+  assert.match(stubState.outputChannels[0].lines.join('\n'), /\[warn\] reading the API key from the secret storage: no keyring/);
 });

@@ -107,6 +107,76 @@ test('a server error pops up once with the log on offer; repeated errors only up
   assert.match(item.tooltip ?? '', /error — still broken/);
 });
 
+test('a remote server that goes down and comes back: the status follows, one pop-up per new reason, no log flood', async () => {
+  const url = 'http://gpu-box:8000/v1';
+  stubState.settings.set('diffgemma.model', url);
+  const { item, log, clients, session } = setup();
+  await session.start();
+  const [client] = clients;
+  const down = { state: 'error', message: `${url}: connection refused`, model: url };
+  client.deliver(STATUS_NOTIFICATION, { state: 'ready', message: `remote ${url}`, model: url });
+  // The server reports the error again at every request while the server is down.
+  for (let request = 0; request < 5; request += 1) {
+    client.deliver(STATUS_NOTIFICATION, down);
+  }
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(item.text, '$(error) DiffGemma');
+  assert.match(item.tooltip ?? '', /error — http:\/\/gpu-box:8000\/v1: connection refused/);
+  assert.deepEqual(stubState.errorMessages.map((m) => m.message), [`DiffGemma: ${url}: connection refused`]);
+  assert.equal(log.lines.filter((line) => line.includes('connection refused')).length, 1, 'logged once, not per request');
+
+  client.deliver(STATUS_NOTIFICATION, { state: 'ready', message: `remote ${url}`, model: url });
+  assert.equal(item.text, '$(sparkle) DiffGemma', 'back to normal by itself');
+  assert.doesNotMatch(item.tooltip ?? '', /refused/);
+
+  // Down again for the same reason: the status bar says so, without another pop-up.
+  client.deliver(STATUS_NOTIFICATION, down);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(item.text, '$(error) DiffGemma');
+  assert.equal(stubState.errorMessages.length, 1);
+  assert.equal(log.lines.filter((line) => line.includes('connection refused')).length, 2, 'each outage is logged');
+
+  // A new reason is news, even while in error.
+  client.deliver(STATUS_NOTIFICATION, { state: 'error', message: `${url}: HTTP 401 Unauthorized`, model: url });
+  client.deliver(STATUS_NOTIFICATION, { state: 'ready', message: `remote ${url}`, model: url });
+  client.deliver(STATUS_NOTIFICATION, { state: 'error', message: `${url}: HTTP 401 Unauthorized`, model: url });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(stubState.errorMessages.length, 2);
+  assert.equal(stubState.errorMessages[1].message, `DiffGemma: ${url}: HTTP 401 Unauthorized`);
+  assert.match(log.lines.join('\n'), /\[error\] server: http:\/\/gpu-box:8000\/v1: HTTP 401 Unauthorized/);
+
+  // After a restart (or a settings change) the same reason pops up again.
+  await session.restart();
+  clients[1].deliver(STATUS_NOTIFICATION, { state: 'error', message: `${url}: HTTP 401 Unauthorized`, model: url });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(stubState.errorMessages.length, 3);
+});
+
+test('remote settings changes are sent to the running server', async () => {
+  const { clients, session } = setup();
+  await session.start();
+  stubState.configurationChanged.event((event) => session.onConfigurationChanged(event));
+  const changes: Record<string, unknown> = {
+    'diffgemma.model': 'https://gpu-box:8000/v1',
+    'diffgemma.apiKey': 'sk-from-settings',
+    'diffgemma.remoteModel': 'dg',
+    'diffgemma.requestTimeout': 30,
+    'diffgemma.tlsVerify': false,
+    'diffgemma.tokenizer': '/models/dg',
+  };
+  for (const [key, value] of Object.entries(changes)) {
+    const sent = clients[0].sentNotifications.length;
+    await stubState.changeSettings({ [key]: value });
+    assert.equal(clients[0].sentNotifications.length, sent + 1, `${key} is sent`);
+  }
+  const params = clients[0].sentNotifications.at(-1)!.params as { settings: { diffgemma: Record<string, unknown> } };
+  assert.deepEqual(
+    Object.fromEntries(['model', 'apiKey', 'remoteModel', 'requestTimeout', 'tlsVerify', 'tokenizer'].map((k) => [k, params.settings.diffgemma[k]])),
+    { model: 'https://gpu-box:8000/v1', apiKey: 'sk-from-settings', remoteModel: 'dg', requestTimeout: 30, tlsVerify: false, tokenizer: '/models/dg' },
+  );
+  assert.equal(clients.length, 1, 'no restart: the server reloads the model itself');
+});
+
 test('inline completions are asked for only while enabled, and the canvas preview ends with the answer', async () => {
   const editor = new StubTextEditor(URI);
   stubState.visibleTextEditors.push(editor);

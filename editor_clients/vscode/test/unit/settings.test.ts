@@ -4,7 +4,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import {
+  API_KEY_SECRET,
   completionsEnabled,
+  isRemoteModel,
   completionsEnabledFor,
   DEFAULT_ENABLE,
   enableSetting,
@@ -104,6 +106,11 @@ test('zero configuration: diffgemma-lsp from PATH with the embedded model, the s
     canvasLength: null,
     threads: null,
     canvasNotifications: false,
+    apiKey: null,
+    remoteModel: null,
+    requestTimeout: 10,
+    tlsVerify: true,
+    tokenizer: null,
   });
   assert.equal(completionsEnabled(reader({})), true);
 });
@@ -122,6 +129,11 @@ test('user settings become the server wire names; dtype auto is sent as null', (
       canvasLength: 32,
       threads: 3,
       showDenoisingCanvas: true,
+      apiKey: 'sk-test',
+      remoteModel: 'diffgemma-small',
+      requestTimeout: 2.5,
+      tlsVerify: false,
+      tokenizer: '/models/dg/tokenizer.json',
     }),
   );
   assert.deepEqual(settings, {
@@ -136,6 +148,11 @@ test('user settings become the server wire names; dtype auto is sent as null', (
     canvasLength: 32,
     threads: 3,
     canvasNotifications: true,
+    apiKey: 'sk-test',
+    remoteModel: 'diffgemma-small',
+    requestTimeout: 2.5,
+    tlsVerify: false,
+    tokenizer: '/models/dg/tokenizer.json',
   });
   assert.equal(serverSettings(reader({ dtype: 'auto' })).dtype, null);
 });
@@ -147,4 +164,50 @@ test('a blank server command falls back to diffgemma-lsp; arguments are copied, 
   assert.deepEqual(command, { command: '/venv/bin/python', args: ['-m', 'lsp_server'] });
   command.args.push('--stdio');
   assert.deepEqual(args, ['-m', 'lsp_server']);
+});
+
+test('remote settings: blank strings are null (the server rejects ""), the stored API key wins over the setting', () => {
+  const blank = serverSettings(reader({ apiKey: '  ', remoteModel: '', tokenizer: ' ', model: 'http://gpu-box:8000/v1' }));
+  assert.equal(blank.model, 'http://gpu-box:8000/v1');
+  assert.deepEqual([blank.apiKey, blank.remoteModel, blank.tokenizer], [null, null, null]);
+  assert.equal(serverSettings(reader({ apiKey: ' sk-1 ' })).apiKey, 'sk-1');
+  assert.equal(serverSettings(reader({ apiKey: 'from-settings' }), 'from-secrets').apiKey, 'from-secrets');
+  assert.equal(serverSettings(reader({ apiKey: 'from-settings' }), '').apiKey, 'from-settings', 'an empty stored key is none');
+  assert.equal(serverSettings(reader({}), 'from-secrets').apiKey, 'from-secrets');
+  assert.equal(serverSettings(reader({ apiKey: null })).apiKey, null);
+  // A timeout the schema does not allow is still sent: the server reports it and keeps its previous value.
+  assert.equal(serverSettings(reader({ requestTimeout: 0 })).requestTimeout, 0);
+  assert.equal(serverSettings(reader({ requestTimeout: null })).requestTimeout, 10);
+  assert.equal(API_KEY_SECRET, 'diffgemma.apiKey');
+});
+
+test('the contributed remote settings: types, defaults, limits, and the API key never synced or set by a workspace', () => {
+  const schema = declared as Record<string, any>;
+  assert.equal(schema['diffgemma.apiKey'].scope, 'machine', 'machine scope: Settings Sync skips it, workspaces cannot set it');
+  assert.deepEqual(schema['diffgemma.apiKey'].type, ['string', 'null']);
+  assert.match(schema['diffgemma.apiKey'].markdownDescription, /Set API Key/);
+  assert.match(schema['diffgemma.apiKey'].markdownDescription, /DIFFGEMMA_API_KEY/);
+  assert.deepEqual(
+    { type: schema['diffgemma.requestTimeout'].type, exclusiveMinimum: schema['diffgemma.requestTimeout'].exclusiveMinimum,
+      maximum: schema['diffgemma.requestTimeout'].maximum, default: schema['diffgemma.requestTimeout'].default },
+    { type: 'number', exclusiveMinimum: 0, maximum: 3600, default: 10 },
+  );
+  assert.equal(schema['diffgemma.tlsVerify'].default, true);
+  for (const key of ['diffgemma.remoteModel', 'diffgemma.tokenizer']) {
+    assert.deepEqual(schema[key].type, ['string', 'null'], key);
+    assert.equal(schema[key].default, null, key);
+  }
+  const model = schema['diffgemma.model'].markdownDescription as string;
+  assert.match(model, /`embedded`/);
+  assert.match(model, /checkpoint directory/);
+  assert.match(model, /http:\/\/gpu-box:8000\/v1/);
+});
+
+test('isRemoteModel: http and https URLs are servers; "embedded" and paths are not', () => {
+  for (const model of ['http://gpu-box:8000/v1', 'https://example.com/v1', ' HTTPS://host/v1']) {
+    assert.equal(isRemoteModel(model), true, model);
+  }
+  for (const model of ['embedded', '/models/dg', 'C:\\models\\dg', './http/model', 'httpmodel']) {
+    assert.equal(isRemoteModel(model), false, model);
+  }
 });

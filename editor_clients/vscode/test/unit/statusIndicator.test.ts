@@ -98,3 +98,24 @@ test('a stopped server is shown with a warning colour and the reason', () => {
   status.dispose();
   assert.equal(item.disposed, true);
 });
+
+test('a remote model error shows the URL and the reason, and "ready" clears it: the error state comes and goes', () => {
+  const status = indicator();
+  status.setServerStatus({ state: 'ready', message: 'remote https://gpu-box:8000/v1', model: 'https://gpu-box:8000/v1' });
+  for (const reason of ['connection refused', 'HTTP 401 Unauthorized']) {
+    status.setServerStatus({ state: 'error', message: `https://gpu-box:8000/v1: ${reason}`, model: 'https://gpu-box:8000/v1' });
+    assert.equal(item.text, '$(error) DiffGemma');
+    assert.match(item.tooltip ?? '', new RegExp(`^DiffGemma: error — https://gpu-box:8000/v1: ${reason}\n`));
+    assert.deepEqual(item.backgroundColor, new ThemeColor('statusBarItem.errorBackground'));
+    assert.equal(status.current.message, `https://gpu-box:8000/v1: ${reason}`);
+
+    status.setServerStatus({ state: 'ready', message: 'remote https://gpu-box:8000/v1' });
+    assert.equal(item.text, '$(sparkle) DiffGemma');
+    assert.doesNotMatch(item.tooltip ?? '', /error|refused|401/, 'nothing of the error is left');
+    assert.equal(item.backgroundColor, undefined);
+    assert.equal(status.current.state, 'ready');
+  }
+  // Busy and idle after a recovery are plain states again.
+  status.setServerStatus({ state: 'busy', message: 'generating' });
+  assert.equal(item.text, '$(sync~spin) DiffGemma');
+});

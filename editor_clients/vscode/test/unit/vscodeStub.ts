@@ -157,6 +157,31 @@ export class StubTextEditor {
   }
 }
 
+/**
+ * ExtensionContext.secrets: an in-memory SecretStorage that fires onDidChange on store and delete, as VS Code
+ * does (for this window's changes too). `failing` makes get() reject, as it does without an OS keyring.
+ */
+export class StubSecretStorage {
+  readonly values = new Map<string, string>();
+  failing: Error | undefined;
+  private readonly changed = new EventEmitter<{ key: string }>();
+  readonly onDidChange = this.changed.event;
+  async get(key: string): Promise<string | undefined> {
+    if (this.failing) {
+      throw this.failing;
+    }
+    return this.values.get(key);
+  }
+  async store(key: string, value: string): Promise<void> {
+    this.values.set(key, value);
+    await this.changed.fire({ key });
+  }
+  async delete(key: string): Promise<void> {
+    this.values.delete(key);
+    await this.changed.fire({ key });
+  }
+}
+
 interface ConfigurationChangeEvent {
   affectsConfiguration(section: string): boolean;
 }
@@ -178,6 +203,10 @@ class StubState {
   /** The action the next error message "clicks" (undefined: dismissed). */
   errorMessageChoice: string | undefined;
   infoMessages: string[] = [];
+  /** Every input box shown: its options. */
+  inputBoxes: Record<string, unknown>[] = [];
+  /** What the next input box returns (undefined: dismissed with Esc). */
+  inputBoxValue: string | undefined;
   /** Every quick pick shown: its items and options. */
   quickPicks: { items: StubQuickPickItem[]; options: unknown }[] = [];
   /** Picks the item the next quick pick "selects" from the items shown (undefined: dismissed with Esc). */
@@ -192,6 +221,8 @@ class StubState {
     this.workspaceSettings = new Map();
     this.activeTextEditor = undefined;
     this.infoMessages = [];
+    this.inputBoxes = [];
+    this.inputBoxValue = undefined;
     this.quickPicks = [];
     this.quickPickChoice = undefined;
     this.statusBarItems = [];
@@ -242,6 +273,10 @@ export const window = {
   async showErrorMessage(message: string, ...actions: string[]): Promise<string | undefined> {
     stubState.errorMessages.push({ message, actions });
     return stubState.errorMessageChoice;
+  },
+  async showInputBox(options: Record<string, unknown> = {}): Promise<string | undefined> {
+    stubState.inputBoxes.push(options);
+    return stubState.inputBoxValue;
   },
   async showInformationMessage(message: string): Promise<undefined> {
     stubState.infoMessages.push(message);
