@@ -71,6 +71,7 @@ async def ready_client(model: str, settings: dict):
         await asyncio.sleep(0.05)
     if client.statuses[-1]["state"] == "error":
         raise SystemExit(f"{model}: {client.statuses[-1]['message']}")
+    client.description = client.statuses[-1]["message"]
     return client
 
 
@@ -96,14 +97,14 @@ async def latency(args: argparse.Namespace, url: str, text: str, positions: list
             elapsed, answers[name] = await timed(client, *position)
             samples[name].append(elapsed)
         same += answers["in-process"] == answers["remote"]
-    model = local.statuses[-1]["message"]
+    model, served = local.description, remote.description
     await stop_client(local)
     await stop_client(remote)
 
     added = sorted(r - i for i, r in zip(samples["in-process"], samples["remote"]))
     print(f"inline completion, in-process vs through diffgemma-serve over loopback ({len(added)} fresh cursor "
           f"positions in a {LINES}-line file, seed {SEED}, canvas notifications {'on' if args.canvas else 'off'})")
-    print(f"model: {model}\n")
+    print(f"in-process: {model}\nremote: {served}\n")
     print("| path       |   n | p50 ms | p90 ms | mean ms |")
     print("|------------|----:|-------:|-------:|--------:|")
     for name, values in samples.items():

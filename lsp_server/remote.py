@@ -77,7 +77,7 @@ class ServedModel:
     diffgemma: bool  # served by diffgemma-serve: /v1/canvas streams every step
     prompt_format: str | None  # diffgemma-serve tells; vLLM does not
     max_new_tokens: int | None  # one canvas, as the local engine's default
-    xargs: frozenset[str]  # vllm_xargs keys the server accepts (diffgemma-serve lists them)
+    xargs: frozenset[str] | None  # vllm_xargs keys the server accepts: diffgemma-serve lists them; None: probe
 
 
 def load_tokenizer(path: str) -> Tokenizer:
@@ -106,6 +106,7 @@ class RemoteModel:
         self.tokenizer = tokenizer
         self._tokenizer_format = prompt_format(tokenizer) if tokenizer is not None else None
         self.served: ServedModel | None = None
+        self._probed: dict[str, bool] = {}  # vllm_xargs keys tried on a server that does not list them
         self.problem: str | None = None  # the last failure, until a request succeeds
         self._failures = 0
         self._retry_at = 0.0
@@ -192,7 +193,8 @@ class RemoteModel:
                 body["add_special_tokens"] = False  # the text starts with <bos> already
             if seed is not None:
                 body["seed"] = seed
-            if max_denoising_steps is not None and "diffusion_max_steps" in served.xargs:
+            if max_denoising_steps is not None and await self._accepts_xarg(
+                    served, "diffusion_max_steps", max_denoising_steps):
                 body["vllm_xargs"] = {"diffusion_max_steps": max_denoising_steps}
             if served.diffgemma and on_canvas is not None:
                 return await self._canvas_request(body, chosen, on_canvas)
@@ -236,9 +238,27 @@ class RemoteModel:
             prompt_format=extension.get("prompt_format") if extension.get("prompt_format") in ("fim", "chat")
             else None,
             max_new_tokens=max_new_tokens if isinstance(max_new_tokens, int) and max_new_tokens > 0 else None,
-            xargs=frozenset(key for key in extension.get("xargs", ()) if isinstance(key, str)),
+            xargs=frozenset(key for key in extension.get("xargs", ()) if isinstance(key, str)) if extension
+            else None,
         )
+        self._probed = {}
         return self.served
+
+    async def _accepts_xarg(self, served: ServedModel, key: str, value: Any) -> bool:
+        """Whether the server takes ``vllm_xargs[key]``: listed by diffgemma-serve, else one tiny request, once.
+
+        Newer vLLM builds take per-request diffusion settings there and validate them; others answer 400 or
+        ignore them, and an ignored key is harmless. Never required.
+        """
+        if served.xargs is not None:
+            return key in served.xargs
+        if key not in self._probed:
+            body = {"model": served.name, "prompt": "\n", "max_tokens": 1, "vllm_xargs": {key: value}}
+            response = await self._client.post(self.base_url + "/completions", json=body)
+            if response.status_code not in (200, 400, 422):
+                raise _status_error(self.base_url, response.status_code, response.text)
+            self._probed[key] = response.status_code == 200
+        return self._probed[key]
 
     async def _completion_request(self, body: dict[str, Any], chosen: str,
                                   on_canvas: Callable[[CanvasText], None] | None) -> InfillResult:

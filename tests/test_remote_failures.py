@@ -30,6 +30,7 @@ class Misbehaving:
 
     def __init__(self) -> None:
         self.mode = "ok"
+        self.xargs = False  # whether vllm_xargs are accepted (newer vLLM builds) or answered with 400
         self.models = ["served-model"]
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -46,6 +47,8 @@ class Misbehaving:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         mode = self.mode
+        if "vllm_xargs" in body and not self.xargs:
+            return JSONResponse({"error": {"message": "unknown vllm_xargs key diffusion_max_steps"}}, 400)
         if mode == "500":
             return JSONResponse({"error": {"message": "EngineCore died", "type": "InternalServerError"}}, 500)
         if mode == "401":
@@ -96,7 +99,7 @@ def server():
 
 @pytest.fixture
 def remote(server):
-    server.mode, server.models = "ok", ["served-model"]
+    server.mode, server.models, server.xargs = "ok", ["served-model"], False
     server.requests.clear()
     server.headers.clear()
     server.disconnected.clear()
@@ -108,7 +111,7 @@ def remote(server):
 def test_a_vllm_stream_becomes_candidates_and_one_canvas_per_chunk(server, remote):
     canvases = []
     result = remote.infill("def f():\n    return ", "\n", num_candidates=2, seed=3, max_new_tokens=32,
-                           on_canvas=canvases.append, max_denoising_steps=4, sampling="fast")
+                           on_canvas=canvases.append, sampling="fast")
     assert [c.text for c in result.candidates] == ["canvas one of 0; canvas two of 0",
                                                    "canvas one of 1; canvas two of 1"]
     assert [c.finished for c in result.candidates] == [True, False]  # "stop" vs "length"
@@ -118,12 +121,23 @@ def test_a_vllm_stream_becomes_candidates_and_one_canvas_per_chunk(server, remot
     (body,) = server.requests
     assert body["model"] == "served-model" and body["n"] == 2 and body["seed"] == 3 and body["stream"] is True
     assert body["max_tokens"] == 32
-    assert "vllm_xargs" not in body  # the server did not say it accepts them: never required
     # No local tokenizer: the prompt goes as text in the chat layout (vLLM's checkpoints have no FIM tokens).
     assert body["prompt"].startswith("<bos><|turn>user\n") and body["add_special_tokens"] is False
     assert "def f():\n    return <FILL_HERE>\n" in body["prompt"]
     assert all(h["authorization"] == "Bearer sekrit-key" for h in server.headers)
     assert "sekrit" not in remote.describe()
+
+
+@pytest.mark.parametrize("accepted", [False, True])
+def test_vllm_xargs_are_probed_once_and_sent_only_where_accepted(server, remote, accepted):
+    server.xargs = accepted
+    for _ in range(2):
+        remote.infill("a", "b", max_denoising_steps=4)
+    probe, *requests = server.requests
+    assert probe["max_tokens"] == 1 and probe["vllm_xargs"] == {"diffusion_max_steps": 4}
+    assert len(requests) == 2 and all(("vllm_xargs" in body) == accepted for body in requests)
+    remote.infill("a", "b")  # no step count asked: nothing to probe or send
+    assert "vllm_xargs" not in server.requests[-1] and len(server.requests) == 4
 
 
 def test_unicode_line_separators_inside_json_strings_do_not_split_events(server, remote):

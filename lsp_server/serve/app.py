@@ -327,6 +327,10 @@ async def result_or_cancel(request: Request, run: Run) -> Any:
 class StreamRenderer(Protocol):
     """Turns a run's canvas events and its result into the JSON payloads of one endpoint's SSE stream."""
 
+    # Whether the run should post every denoising step: decoding and posting a step costs the model worker time,
+    # so streams that only send committed canvases skip it when the answer fits in one canvas.
+    wants_steps: bool
+
     def on_canvas(self, prompt_index: int, event: CanvasText) -> Iterable[Any]: ...
 
     def on_result(self, result: Any) -> Iterable[Any]: ...
@@ -340,7 +344,7 @@ async def sse_events(worker: ModelWorker, plan: Plan, renderer: StreamRenderer,
                      done_marker: bool) -> AsyncIterator[str]:
     """The SSE stream of a run. Starlette cancels it when the client disconnects, and the finally cancels the run."""
     # Submitted once the stream runs: a response that never starts streaming never queues a job.
-    run = Run(worker, plan, stream=True)
+    run = Run(worker, plan, stream=renderer.wants_steps)
     try:
         try:
             async for prompt_index, event in run.events():
@@ -559,6 +563,7 @@ class CompletionStream:
 
     def __init__(self, plan: CompletionPlan) -> None:
         self.plan = plan
+        self.wants_steps = plan.model.streams_canvases and plan.max_tokens > plan.model.engine.config.canvas_length
         self.canvases = [CommittedText() for _ in plan.prompt_ids]
         self.deltas = [TextDeltas(plan.request.stop) for _ in range(len(plan.prompt_ids) * plan.request.n)]
 
@@ -580,6 +585,8 @@ class CompletionStream:
 
 class CanvasStream:
     """`/v1/canvas`: every denoising step of the first candidate, then the complete, extended response."""
+
+    wants_steps = True
 
     def __init__(self, plan: CompletionPlan) -> None:
         self.plan = plan
@@ -724,6 +731,7 @@ class InfillStream:
 
     def __init__(self, plan: InfillPlan) -> None:
         self.plan = plan
+        self.wants_steps = plan.model.streams_canvases and plan.max_tokens > plan.model.engine.config.canvas_length
         self.canvas = CommittedText()
         self.deltas = [TextDeltas(plan.request.stop) for _ in range(plan.request.n_cmpl)]
 
