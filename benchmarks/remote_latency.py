@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from engine import resolve_model_path  # noqa: E402
 from fixtures.support import large_python_source  # noqa: E402  (the tests' realistic module generator)
+from http_support import start_serve, stop_process  # noqa: E402
 from lsp_server.stats import percentile  # noqa: E402
 from lsp_support import inline, open_document, start_client, stop_client  # noqa: E402
 
@@ -46,23 +45,6 @@ URI = "file:///bench/module.py"
 LINES = 2000
 SEED = 0
 TARGET_ADDED_MS = 15.0
-
-
-def start_serve(model: str) -> tuple[subprocess.Popen, str]:
-    """diffgemma-serve on a free port; returns the process and its base URL once the model is ready."""
-    process = subprocess.Popen([sys.executable, "-m", "lsp_server.serve", "--port", "0", "--model", model],
-                               stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    line = process.stdout.readline()
-    if "listening on" not in line:
-        process.kill()
-        raise SystemExit(f"diffgemma-serve did not start: {line!r}")
-    url = line.split("listening on", 1)[1].strip()
-    deadline = time.monotonic() + 120
-    while httpx.get(url + "/health").status_code != 200:
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise SystemExit("diffgemma-serve did not load the model")
-        time.sleep(0.1)
-    return process, url
 
 
 async def ready_client(model: str, settings: dict):
@@ -155,8 +137,7 @@ async def measure(args: argparse.Namespace) -> None:
         await latency(args, url, text, positions)
         await throughput(args, url, prompts)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process(process)
 
 
 def main() -> None:
