@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from engine.cache import KVCache
 from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
 from engine.generate import GenerationCancelled, StepEvent, generate_blocks
-from engine.infill import CanvasText, InfillResult, infill, prompt_format, text_tokenizer
+from engine.infill import CanvasText, InfillResult, infill, prompt_format, score_middles, text_tokenizer
 from engine.kernels.moe import bounded_gemm_shapes
 from engine.loader import CheckpointError, build_model
 from engine.model import DiffusionGemma
@@ -196,6 +196,10 @@ class Engine:
             on_canvas=on_canvas, cancelled=cancelled, **generation_overrides,
         )
 
+    def score_middles(self, prefix: str, suffix: str, middles: list[str]) -> list[float]:
+        """log P(middle and its stop token | the infill prompt) per candidate middle (see engine.infill)."""
+        return score_middles(self, prefix, suffix, middles)
+
     @torch.inference_mode()
     def prefill(self, prompt_ids: Sequence[int]) -> int:
         """Encode a prompt into the prefix cache without generating (a client's warm-up); returns the tokens encoded.
@@ -207,6 +211,39 @@ class Engine:
             raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
         with self._lock:
             return self._encode_prompt(ids)
+
+    @torch.inference_mode()
+    def continuation_log_likelihoods(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+                                     ) -> list[float]:
+        """log P(continuation | prompt) under the causal encoder's next-token head, summed, per continuation.
+
+        The encoder is a causal language model sharing every weight with the denoiser and trained with a next-token
+        loss on the middle after the FIM prompt, so this scores a candidate middle (ending in its stop token) as
+        the model would have continued the prompt. The prompt comes from the prefix cache (right after a
+        generation for it nothing is re-encoded); the continuations run as one batch.
+        """
+        ids = _as_rows(prompt_ids)[0]
+        rows = [[int(t) for t in row] for row in continuations]
+        if not rows:
+            return []
+        if not all(rows) or any(not 0 <= t < self.config.vocab_size for row in [ids, *rows] for t in row):
+            raise ValueError(f"continuations must be non-empty and every id in [0, {self.config.vocab_size})")
+        # Position len(ids)-1 is encoded again to get the hidden state that predicts each continuation's first token.
+        width = max(map(len, rows))
+        if self._bucket_prompts:
+            width += -width % PROMPT_BUCKET
+        pad = self.config.pad_token_id or 0
+        inputs = torch.tensor([[ids[-1], *row[:-1]] + [pad] * (width - len(row)) for row in rows], device=self.device)
+        targets = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
+        real = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows], device=self.device)
+        with self._lock:
+            self._encode_prompt(ids)
+            cache = self._prefix_cache.expanded(len(rows), width)
+        cache.crop(len(ids) - 1)
+        hidden = self.model.encode(inputs, len(ids) - 1, cache, return_hidden=True)
+        log_probs = torch.log_softmax(self.model.logits(hidden).float(), dim=-1)
+        picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
+        return [float(x) for x in picked.masked_fill(~real, 0.0).sum(dim=-1)]
 
     def _encode_prompt(self, ids: list[int]) -> int:
         """Bring the prefix cache to exactly `ids`: keep the shared token prefix, encode the rest. Returns its size."""

@@ -204,6 +204,19 @@ def infill(
     )
 
 
+def score_middles(engine: Engine, prefix: str, suffix: str, middles: list[str]) -> list[float]:
+    """log P(middle, then its stop token | the infill prompt) per middle, under the causal encoder (see
+    Engine.continuation_log_likelihoods): how likely the model finds each candidate, whoever proposed it."""
+    tokenizer = text_tokenizer(engine)
+    chosen, prompt = infill_prompt(engine, prefix, suffix)
+    if chosen == CHAT_FORMAT:
+        stop = tokenizer.token_to_id(TURN_CLOSE)
+    else:
+        stop = (engine.generation_config.eos_token_id or engine.config.eos_token_id)[0]
+    rows = [tokenizer.encode(middle, add_special_tokens=False).ids + [stop] for middle in middles]
+    return engine.continuation_log_likelihoods(prompt, rows)
+
+
 def complete_prompt(
     engine: Engine,
     prompt_ids: list[int],

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import torch
 
 import engine
-from engine import CanvasText, Engine, InfillResult
+from engine import CanvasText, Engine, InfillCandidate, InfillResult
 from lsp_server.completion_mode import CompletionMode
 from lsp_server.context import ContextBudget, InfillContext, build_context
+from lsp_server.document_candidates import line_candidates
 from lsp_server.documents import Document
 from lsp_server.positions import PositionLike
 from lsp_server.postprocess import postprocess
@@ -130,14 +131,26 @@ class InfillPipeline:
         budget = ContextBudget(max_tokens=settings.max_prompt_tokens)
         return build_context(document, position, self.count_tokens, budget, other_documents, invoked)
 
+    def document_candidates(self, document: Document, position: PositionLike, settings: Settings,
+                            other_documents: Iterable[Document] = ()) -> list[str]:
+        """Line endings copied from the open documents (reads them: loop thread); judged with the model's own."""
+        return line_candidates(document, document.offset_at(position), other_documents,
+                               settings.document_candidates)
+
     def generate(
         self,
         context: InfillContext,
         settings: Settings,
         cancelled: Callable[[], bool] | None = None,
         on_canvas: Callable[[CanvasText], None] | None = None,
+        extra_middles: Iterable[str] = (),
     ) -> InfillResult:
-        """Run the model on a context (touches no document: any thread; sets that thread's intra-op threads)."""
+        """Run the model on a context (touches no document: any thread; sets that thread's intra-op threads).
+
+        ``extra_middles`` (e.g. document candidates) join the model's candidates. With ``rerank`` every candidate
+        is then scored by the model's likelihood of it between the prefix and the suffix, when there is more than
+        one to choose from and the model can score (a remote model cannot: the extras rank after its own).
+        """
         # OpenMP keeps the thread count per calling thread, so it is set here, on the thread that runs the model.
         threads = intra_op_threads(settings.threads)
         if torch.get_num_threads() != threads:
@@ -146,11 +159,20 @@ class InfillPipeline:
         overrides: dict[str, Any] = {"sampling": "fast"}
         if settings.denoising_steps is not None:
             overrides["max_denoising_steps"] = settings.denoising_steps
-        return self.model.infill(
+        result = self.model.infill(
             context.prompt_prefix(), context.suffix, max_new_tokens=settings.max_new_tokens,
             num_candidates=settings.candidates, seed=settings.seed, on_canvas=on_canvas, cancelled=cancelled,
             **overrides,
         )
+        known = {candidate.text for candidate in result.candidates}
+        extras = [InfillCandidate(middle, float("-inf"), True) for middle in dict.fromkeys(extra_middles)
+                  if middle not in known]
+        candidates = [*result.candidates, *extras]
+        if settings.rerank and len(candidates) > 1 and isinstance(self.model, Engine):
+            scores = self.model.score_middles(context.prompt_prefix(), context.suffix,
+                                              [candidate.text for candidate in candidates])
+            candidates = [replace(candidate, score=score) for candidate, score in zip(candidates, scores)]
+        return replace(result, candidates=candidates)
 
     @staticmethod
     def rank(
@@ -177,7 +199,8 @@ class InfillPipeline:
         if context.mode is CompletionMode.NONE:
             elapsed = _ms(started, context_done)
             return Completion(context, None, [], {"context": elapsed, "total": elapsed})
-        result = self.generate(context, settings, on_canvas=on_canvas)
+        extras = self.document_candidates(document, position, settings, other_documents)
+        result = self.generate(context, settings, on_canvas=on_canvas, extra_middles=extras)
         generated = time.perf_counter()
         ranked = self.rank(result, document, position, context.mode)
         finished = time.perf_counter()

@@ -567,7 +567,8 @@ class DiffgemmaServer(LanguageServer):
             self.stats.cache_hits += 1
         else:
             revision = document.revision
-            result = await self._generate(pipeline, settings, context, uri, position, work_done_token)
+            extras = pipeline.document_candidates(document, position, settings, self.documents.others(uri))
+            result = await self._generate(pipeline, settings, context, extras, uri, position, work_done_token)
             if result is None:
                 return None
             self.results.put(key, result)
@@ -594,6 +595,7 @@ class DiffgemmaServer(LanguageServer):
         pipeline: InfillPipeline,
         settings: Settings,
         context: InfillContext,
+        extras: list[str],
         uri: str,
         position: types.Position,
         work_done_token: types.ProgressToken | None,
@@ -602,7 +604,7 @@ class DiffgemmaServer(LanguageServer):
         stream = _CanvasStream(self, uri, position, self.protocol.msg_id, work_done_token,
                                settings.canvas_notifications)
         job = self.scheduler.submit(uri, lambda job: pipeline.generate(
-            context, settings, cancelled=job.cancelled, on_canvas=stream.callback(job)))
+            context, settings, cancelled=job.cancelled, on_canvas=stream.callback(job), extra_middles=extras))
         stream.begin()
         try:
             result = await job.future

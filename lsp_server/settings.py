@@ -31,6 +31,8 @@ class Settings:
     max_new_tokens: int | None = None  # None: one canvas
     denoising_steps: int | None = None  # per canvas; None: the checkpoint's
     candidates: int = 1  # canvases sampled per request (one batch), ranked
+    document_candidates: int = 4  # line endings copied from open documents that join the candidates (0: none)
+    rerank: bool = True  # rank candidates by the model's likelihood of them between prefix and suffix
     seed: int | None = None  # None: a fresh seed per request
     threads: int | None = None  # the model's intra-op threads; None: every usable core but one (at least one)
     enabled_languages: tuple[str, ...] = ("*",)  # LSP languageIds or language names; "*" for all
@@ -88,6 +90,12 @@ def _positive_int(value: Any, optional: bool = False) -> Any:
 def is_remote_model(model: str) -> bool:
     """Whether ``model`` names a server (an http or https URL) rather than a checkpoint."""
     return urlsplit(model).scheme in ("http", "https")
+
+
+def _non_negative_int(value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
 
 
 def _check_model(value: Any) -> str:
@@ -155,6 +163,8 @@ _CHECKS = {
     "max_new_tokens": lambda v: _positive_int(v, optional=True),
     "denoising_steps": lambda v: _positive_int(v, optional=True),
     "candidates": _positive_int,
+    "document_candidates": _non_negative_int,
+    "rerank": _check_bool,
     "seed": _check_seed,
     "threads": lambda v: _positive_int(v, optional=True),
     "enabled_languages": _check_languages,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import engine
@@ -167,3 +168,31 @@ def test_resolve_model_path(tmp_path, monkeypatch):
     (tmp_path / "embedded_model" / "config.json").write_text("{}")
     assert engine.resolve_model_path("embedded") == tmp_path / "embedded_model"
     assert engine.resolve_model_path("~/ckpt") == engine.engine.Path("~/ckpt").expanduser()
+
+
+def _log_likelihood_from_scratch(eng, prompt: list[int], continuation: list[int]) -> float:
+    """The same quantity as continuation_log_likelihoods, from one causal pass over prompt + continuation."""
+    from engine.cache import KVCache
+
+    sequence = torch.tensor([prompt + continuation])
+    cache = KVCache(1, eng.model.cache_geometries(), eng.dtype, eng.device)
+    cache.reserve(sequence.shape[1])
+    with torch.inference_mode():
+        hidden = eng.model.encode(sequence, 0, cache, return_hidden=True)
+        log_probs = torch.log_softmax(eng.model.logits(hidden).float(), dim=-1)[0]
+    return sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(continuation))
+
+
+def test_candidate_middles_are_scored_by_the_causal_encoder(random_model):
+    middles = ["item", "item * 2", "x"]
+    scores = random_model.score_middles(PREFIX, SUFFIX, middles)
+    _, prompt = infill_prompt(random_model, PREFIX, SUFFIX)
+    tokenizer = random_model.tokenizer
+    for middle, score in zip(middles, scores):
+        continuation = tokenizer.encode(middle, add_special_tokens=False).ids + [EOS_ID]
+        assert score == pytest.approx(_log_likelihood_from_scratch(random_model, prompt, continuation), abs=1e-3)
+    # A batch of one scores the same as inside a padded batch, and the prompt stays cached for the next request.
+    assert random_model.score_middles(PREFIX, SUFFIX, middles[1:2])[0] == pytest.approx(scores[1], abs=1e-4)
+    assert random_model.infill(PREFIX, SUFFIX, seed=0).generation.encoded_prompt_tokens == 0
+    with pytest.raises(ValueError, match="non-empty"):
+        random_model.continuation_log_likelihoods(prompt, [[]])

@@ -17,7 +17,8 @@ SOURCE = f"def total(items):\n    result = 0\n    for item in items:\n{LINE}\n  
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def client(tmp_path_factory):
     checkpoint = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant")
-    client = await start_client(str(checkpoint))
+    # Only the model's candidate: copied lines from the other tests' documents would join it.
+    client = await start_client(str(checkpoint), settings={"documentCandidates": 0})
     yield client
     await stop_client(client)
 

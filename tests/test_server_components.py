@@ -26,6 +26,7 @@ def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
         "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "threads": None,
         "enabledLanguages": ["*"],
         "cacheSize": 256, "canvasNotifications": True,
+        "documentCandidates": 4, "rerank": True,
         "apiKey": None, "remoteModel": None, "requestTimeout": 10.0, "tlsVerify": True, "tokenizer": None,
     }
     assert apply_changes(Settings(), wire) == (Settings(), [])  # the wire form reads back unchanged

@@ -24,6 +24,8 @@ export interface ServerSettings {
   dtype: string | null;
   enabledLanguages: string[];
   candidates: number;
+  documentCandidates: number;
+  rerank: boolean;
   maxPromptTokens: number;
   maxNewTokens: number | null;
   denoisingSteps: number | null;
@@ -54,6 +56,8 @@ export const SERVER_SETTINGS = [
   'dtype',
   'enabledLanguages',
   'candidates',
+  'documentCandidates',
+  'rerank',
   'maxPromptTokens',
   'maxNewTokens',
   'denoisingSteps',
@@ -106,6 +110,8 @@ export function serverSettings(config: ConfigurationReader, storedApiKey?: strin
     dtype: dtype === 'auto' ? null : dtype,
     enabledLanguages: [...(config.get<string[]>('enabledLanguages') ?? ['*'])],
     candidates: config.get<number>('candidates') ?? 1,
+    documentCandidates: config.get<number>('documentCandidates') ?? 4,
+    rerank: config.get<boolean>('rerank') ?? true,
     maxPromptTokens: config.get<number>('maxPromptTokens') ?? 256,
     maxNewTokens: config.get<number | null>('maxNewTokens') ?? null,
     denoisingSteps: config.get<number | null>('denoisingSteps') ?? null,

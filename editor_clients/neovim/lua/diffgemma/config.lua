@@ -33,7 +33,8 @@ M.defaults = {
 -- (model = a server's base URL, e.g. 'http://gpu-box:8000/v1').
 M.server_settings = {
   'model', 'device', 'dtype', 'canvasLength', 'maxPromptTokens', 'maxNewTokens', 'denoisingSteps',
-  'candidates', 'seed', 'threads', 'enabledLanguages', 'cacheSize', 'canvasNotifications',
+  'candidates', 'documentCandidates', 'rerank', 'seed', 'threads', 'enabledLanguages', 'cacheSize',
+  'canvasNotifications',
   'apiKey', 'remoteModel', 'requestTimeout', 'tlsVerify', 'tokenizer',
 }
 
