@@ -20,7 +20,7 @@ from engine.sampler import (
     StableAndConfident,
     entropy_bound_acceptance,
     sample_tokens,
-    temperature,
+    temperature_schedule,
     token_entropy,
 )
 
@@ -79,6 +79,9 @@ def generate_blocks(
     if config.stability_threshold is not None and config.confidence_threshold is not None:
         stopper = StableAndConfident(config.stability_threshold, config.confidence_threshold)
     eos = torch.tensor(config.eos_token_id, device=device) if config.eos_token_id else None
+    # Every step's temperature, computed once on the device (not a fresh host tensor per step).
+    temperatures = (temperature_schedule(config.max_denoising_steps, config.t_min, config.t_max, device)
+                    if schedule else None)
     embedding_dtype = model.embed_tokens.weight.dtype
 
     def check_cancelled() -> None:
@@ -114,8 +117,8 @@ def generate_blocks(
             forwards_per_row += ~(done | finished)
             decoder_forwards += 1
             logits = model.decode(canvas, start, cache, sc_logits, tables)
-            if schedule:
-                logits = logits / temperature(remaining, config.max_denoising_steps, config.t_min, config.t_max)
+            if temperatures is not None:
+                logits = logits / temperatures[config.max_denoising_steps - remaining]
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
             sample = sample_tokens(probs.view(-1, vocab), generator, config.sampling).view(batch, canvas_length)
             new_argmax = logits.argmax(dim=-1)
@@ -125,7 +128,8 @@ def generate_blocks(
             # The previous canvas never survives: accepted positions show the sample, the rest fresh noise.
             new_canvas = torch.where(accepted, sample, noise)
             if stopper is not None:
-                if done.any():  # rows that already stopped keep their state
+                if batch > 1 and sc_logits is not None:  # rows that already stopped keep their state
+                    # Applied whatever `done` holds: asking whether any row stopped would wait for the device.
                     new_argmax = torch.where(done[:, None], argmax, new_argmax)
                     new_canvas = torch.where(done[:, None], canvas, new_canvas)
                     logits = torch.where(done[:, None, None], sc_logits, logits)
@@ -135,7 +139,7 @@ def generate_blocks(
             if on_step is not None:
                 step = config.max_denoising_steps - remaining + 1
                 on_step(StepEvent(block, step, config.max_denoising_steps, argmax, accepted, done.clone()))
-            if bool(done.all()):
+            if bool(done.all()):  # the step's one host-device sync: whether every row has stopped
                 break
         decoder_seconds += time.perf_counter() - started
 

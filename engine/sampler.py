@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def temperature(remaining: int, total: int, t_min: float, t_max: float) -> torch.Tensor:
-    """T(n) = t_min + (t_max - t_min)·n/N with n the steps *remaining*; fp32 arithmetic, as the reference."""
-    return t_min + (t_max - t_min) * (torch.tensor(remaining, dtype=torch.int32) / total)
+def temperature_schedule(total: int, t_min: float, t_max: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[total] temperatures, step by step: T(n) = t_min + (t_max - t_min)·n/N with n the steps *remaining*
+    (N .. 1); fp32 arithmetic, as the reference computes each one."""
+    remaining = torch.arange(total, 0, -1, dtype=torch.int32, device=device)
+    return t_min + (t_max - t_min) * (remaining / total)
 
 
 def sample_tokens(probs: torch.Tensor, generator: torch.Generator, sampling: str) -> torch.Tensor:

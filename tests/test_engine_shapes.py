@@ -92,3 +92,14 @@ def test_padded_expert_groups_give_the_unpadded_result(tokens, monkeypatch):
     plain = moe.moe_experts(x, gate_up, down, index, weights)
     assert padded.shape == plain.shape == (tokens, hidden)
     torch.testing.assert_close(padded.float(), plain.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_expert_routing_is_one_graph_without_host_syncs():
+    """Group ends by searchsorted, not bincount (whose output size depends on the data): torch.compile traces the
+    routing as one graph, and the ends equal the per-expert counts' running sum."""
+    index = torch.randint(0, 4, (6, 2), generator=torch.Generator().manual_seed(0))
+    explanation = torch._dynamo.explain(moe.sort_by_expert)(index, 4)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+    sorted_experts, order, ends = moe.sort_by_expert(index, 4)
+    assert ends.dtype == torch.int32 and torch.equal(sorted_experts, index.reshape(-1)[order])
+    assert ends.tolist() == torch.bincount(index.reshape(-1), minlength=4).cumsum(0).tolist()

@@ -18,13 +18,11 @@ def moe_experts(
     (no Python loop over tokens); contributions are weighted and summed over K in fp32.
     """
     num_tokens, top_k = top_k_index.shape
-    sorted_experts, order = torch.sort(top_k_index.reshape(-1))
+    sorted_experts, order, group_ends = sort_by_expert(top_k_index, gate_up_proj.shape[0])
     rows = x[order // top_k]
-    counts = torch.bincount(sorted_experts, minlength=gate_up_proj.shape[0])
-    group_ends = counts.cumsum(0, dtype=torch.int32)
     placement = None
     if bounded_gemm_shapes(rows):
-        rows, group_ends, placement = _pad_groups(rows, counts, sorted_experts)
+        rows, group_ends, placement = _pad_groups(rows, group_ends, sorted_experts)
     gate, up = _grouped_linear(rows, gate_up_proj, group_ends).chunk(2, dim=-1)
     out = _grouped_linear(F.gelu(gate, approximate="tanh") * up, down_proj, group_ends)
     if placement is not None:
@@ -32,6 +30,18 @@ def moe_experts(
     weighted = out * top_k_weights.reshape(-1)[order, None]
     unsorted = torch.empty_like(weighted).index_copy_(0, order, weighted)
     return unsorted.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def sort_by_expert(top_k_index: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The T·K (token, expert) assignments sorted by expert: the sorted experts, the order, and where each
+    expert's run of rows ends (int32, what grouped_mm takes as offsets).
+
+    searchsorted, unlike bincount, needs no host sync (bincount sizes its output from the data), so routing stays
+    inside one graph under torch.compile and never waits for the device.
+    """
+    sorted_experts, order = torch.sort(top_k_index.reshape(-1))
+    experts = torch.arange(num_experts, device=sorted_experts.device, dtype=sorted_experts.dtype)
+    return sorted_experts, order, torch.searchsorted(sorted_experts, experts, right=True).to(torch.int32)
 
 
 # On the CPU, oneDNN compiles and caches a kernel for every GEMM shape it meets in bf16/fp16 (about a megabyte each,
@@ -49,9 +59,10 @@ def bounded_gemm_shapes(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
 
 
-def _pad_groups(rows: torch.Tensor, counts: torch.Tensor, sorted_experts: torch.Tensor):
+def _pad_groups(rows: torch.Tensor, group_ends: torch.Tensor, sorted_experts: torch.Tensor):
     """Rows laid out with each expert's group padded to a multiple of GROUP_ROWS (zero rows), the padded group
     ends, and where each original row sits in that layout."""
+    counts = torch.diff(group_ends.long(), prepend=group_ends.new_zeros(1).long())
     padded_counts = (counts + GROUP_ROWS - 1) // GROUP_ROWS * GROUP_ROWS
     padded_ends = padded_counts.cumsum(0)
     within_group = torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[sorted_experts]
