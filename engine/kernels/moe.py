@@ -76,11 +76,10 @@ def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.
     """rows (sorted by expert; expert e's rows end at group_ends[e]) times weight[e]^T."""
     if weight.dtype != rows.dtype:
         weight = weight.to(rows.dtype)
-    if _grouped_mm is not None:
-        try:
-            return _grouped_mm(rows, weight.transpose(-2, -1), offs=group_ends)
-        except RuntimeError:
-            pass  # dtype/device combinations the native kernel does not cover
+    # The native grouped matmul takes bf16 only; deciding by dtype (not by catching its error) keeps torch.compile
+    # off a call it would fail to trace.
+    if _grouped_mm is not None and rows.dtype == torch.bfloat16:
+        return _grouped_mm(rows, weight.transpose(-2, -1), offs=group_ends)
     out = rows.new_empty(rows.shape[0], weight.shape[1])
     start = 0
     for expert, end in enumerate(group_ends.tolist()):
