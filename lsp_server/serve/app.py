@@ -755,7 +755,7 @@ class InfillStream:
 # ------------------------------------------------------------------------------------------ the app
 
 
-class DiffgemmaServer:
+class HttpServer:
     """The HTTP routes over one ModelWorker."""
 
     def __init__(self, config: ServeConfig) -> None:
@@ -866,4 +866,4 @@ class DiffgemmaServer:
 
 def create_app(config: ServeConfig) -> Starlette:
     """The ASGI app; it loads the model on its worker thread when the server starts (the ASGI lifespan)."""
-    return DiffgemmaServer(config).app()
+    return HttpServer(config).app()

@@ -1,0 +1,246 @@
+"""Serving mode against exact mode: is the server's numerics still the same model?
+
+Exact mode is float32 weights and activations with the reference's random stream (``sampling="reference"``): the
+engine's tokens are bit-identical to transformers'. Serving mode is what the language server runs: ``dtype="auto"``
+(bfloat16 on CUDA and on CPUs with bf16 instructions) with ``sampling="fast"`` (inverse-CDF sampling, see
+engine.sampler). Serving mode may use any numerics as long as it is the same model, which two checks measure:
+
+* `logit_differences`: the same inputs through both loads of a checkpoint; how far the encoder's next-token logits
+  and one decoder step's logits (without and with self-conditioning) move, and how often their argmax agrees.
+* `paired_quality`: held-out holes completed in both modes through `Engine.infill` (the server's path), with the
+  paired difference of edit similarity and its standard error. The modes draw different random streams, so one
+  hole's two middles differ even for the same model: what is compared is the quality, paired by hole.
+
+benchmarks/serving_quality.py prints both as tables.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+from tokenizers import Tokenizer
+
+from engine.cache import KVCache
+from engine.config import load_configs
+from engine.engine import PROMPT_BUCKET, Engine, load
+from engine.infill import prompt_format, prompt_ids
+from engine.training.evaluate import PREFIX_CHARS, SUFFIX_CHARS
+from engine.training.text_metrics import edit_similarity, exact_match
+
+EXACT_DTYPE = "float32"
+EXACT_SAMPLING = "reference"
+SERVING_DTYPE = "auto"
+SERVING_SAMPLING = "fast"
+PARTS = ("encoder", "decoder", "decoder_sc")  # encoder next-token logits, decoder step 1, decoder with SC
+
+
+class HoleLike(Protocol):
+    """What the checks read of a hole (engine.training.fim.Hole has it)."""
+
+    kind: str
+    prefix: str
+    middle: str
+    suffix: str
+
+
+def hole_prompts(path: str | Path, holes: Sequence[HoleLike]) -> list[list[int]]:
+    """The infill prompt ids of each hole, cut to PREFIX_CHARS/SUFFIX_CHARS as evaluate.py and `paired_quality` do.
+
+    Needs only the checkpoint's tokenizer and config (no weights are loaded).
+    """
+    directory = Path(path)
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer.encode_special_tokens = True  # as engine.infill.text_tokenizer: "<eos>" in code stays text
+    model_config, _ = load_configs(directory)
+    chosen = prompt_format(tokenizer)
+    return [prompt_ids(tokenizer, chosen, model_config.bos_token_id, hole.prefix[-PREFIX_CHARS:],
+                       hole.suffix[:SUFFIX_CHARS]) for hole in holes]
+
+
+def noise_canvases(count: int, canvas_length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """`count` canvases of uniform random tokens: what the decoder sees at a canvas's first denoising step."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (count, canvas_length), generator=generator).tolist()
+
+
+class _Differences:
+    """Running comparison of two [N, V] logit tensors (float32), accumulated over prompts."""
+
+    def __init__(self) -> None:
+        self.positions = 0
+        self.agreements = 0
+        self.max_abs_logit = 0.0
+        self.sum_abs_logit = 0.0
+        self.max_abs_log_prob = 0.0
+        self.max_total_variation = 0.0
+
+    def add(self, exact: torch.Tensor, serving: torch.Tensor) -> None:
+        exact, serving = exact.double().reshape(-1, exact.shape[-1]), serving.double().reshape(-1, serving.shape[-1])
+        delta = (serving - exact).abs()
+        exact_log_probs, serving_log_probs = exact.log_softmax(-1), serving.log_softmax(-1)
+        total_variation = 0.5 * (serving_log_probs.exp() - exact_log_probs.exp()).abs().sum(-1)
+        self.positions += exact.shape[0]
+        self.agreements += int((exact.argmax(-1) == serving.argmax(-1)).sum())
+        self.max_abs_logit = max(self.max_abs_logit, float(delta.max()))
+        self.sum_abs_logit += float(delta.mean(-1).sum())
+        self.max_abs_log_prob = max(self.max_abs_log_prob, float((serving_log_probs - exact_log_probs).abs().max()))
+        self.max_total_variation = max(self.max_total_variation, float(total_variation.max()))
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "positions": self.positions,
+            "max_abs_logit": self.max_abs_logit,
+            "mean_abs_logit": self.sum_abs_logit / max(self.positions, 1),
+            "max_abs_log_prob": self.max_abs_log_prob,
+            "max_total_variation": self.max_total_variation,  # of the softmax distributions, per position
+            "argmax_agreement": self.agreements / max(self.positions, 1),
+        }
+
+
+def _encode(eng: Engine, ids: list[int], canvas_length: int) -> tuple[KVCache, torch.Tensor]:
+    """A fresh cache holding `ids`, and the encoder's final hidden states over them [1, T, H].
+
+    Like Engine._encode_prompt, a reduced-precision CPU engine encodes whole PROMPT_BUCKET buckets (pad after the
+    prompt, which the causal encoder's real positions do not see), so serving mode runs the server's shapes.
+    """
+    encoded = list(ids)
+    if eng._bucket_prompts:
+        encoded += [eng.config.pad_token_id or 0] * (-len(ids) % PROMPT_BUCKET)
+    cache = KVCache(1, eng.model.cache_geometries(), eng.dtype, eng.device)
+    cache.reserve(max(len(encoded), len(ids) + canvas_length))
+    hidden = eng.model.encode(torch.tensor([encoded], device=eng.device), 0, cache, return_hidden=True)
+    cache.length = len(ids)
+    return cache, hidden[:, : len(ids)]
+
+
+@torch.inference_mode()
+def logit_differences(
+    path: str | Path,
+    prompts: Sequence[Sequence[int]],
+    canvases: Sequence[Sequence[int]] | None = None,
+    *,
+    serving_dtype: str | torch.dtype = SERVING_DTYPE,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Logits of the exact (float32) and the serving (`serving_dtype`) load of `path` on the same inputs.
+
+    For each prompt (token ids) and its canvas (token ids; None: `noise_canvases` drawn with `seed`, the first
+    denoising step's input), three parts are compared, each over every position and the whole vocabulary:
+
+    * ``encoder``: the causal encoder's next-token logits at every prompt position;
+    * ``decoder``: one decoder forward of the canvas after the encoded prompt, without self-conditioning (step 1);
+    * ``decoder_sc``: the same forward self-conditioned on the *exact* model's step-1 logits (divided by the first
+      step's temperature and cast to each model's weight dtype, as generate_blocks feeds them), so that both
+      models get the same signal and only their numerics differ.
+
+    Each model decodes over its own encoder's cache. Per part: max and mean |Δ logit|, max |Δ log-softmax|, the
+    largest total-variation distance between the two softmaxes, and the argmax agreement rate.
+    """
+    if not prompts:
+        raise ValueError("logit_differences needs at least one prompt")
+    exact = load(path, device=device, dtype=EXACT_DTYPE)
+    serving = load(path, device=device, dtype=serving_dtype)
+    config = exact.config
+    if canvases is None:
+        canvases = noise_canvases(len(prompts), config.canvas_length, config.vocab_size, seed)
+    if len(canvases) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(canvases)} canvases: give one canvas per prompt")
+    generation = exact.generation_settings()
+    temperature = generation.t_max if generation.t_min is not None and generation.t_max is not None else 1.0
+
+    parts = {part: _Differences() for part in PARTS}
+    for ids, canvas_ids in zip(prompts, canvases):
+        ids = [int(t) for t in ids]
+        canvas = torch.tensor([[int(t) for t in canvas_ids]], device=exact.device)
+        if not ids or any(not 0 <= t < config.vocab_size for t in [*ids, *canvas.flatten().tolist()]):
+            raise ValueError(f"prompts must be non-empty and every token id in [0, {config.vocab_size})")
+        logits: dict[str, dict[str, torch.Tensor]] = {}
+        sc_logits = None
+        for name, eng in (("exact", exact), ("serving", serving)):
+            cache, hidden = _encode(eng, ids, canvas.shape[1])
+            start = len(ids)
+            step_one = eng.model.decode(canvas, start, cache, None)
+            if sc_logits is None:  # the exact model runs first: its step-1 logits are both models' SC input
+                sc_logits = step_one / temperature
+            conditioned = eng.model.decode(canvas, start, cache, sc_logits.to(eng.dtype))
+            logits[name] = {"encoder": eng.model.logits(hidden), "decoder": step_one, "decoder_sc": conditioned}
+        for part in PARTS:
+            parts[part].add(logits["exact"][part], logits["serving"][part])
+    return {
+        "exact_dtype": str(exact.dtype).removeprefix("torch."),
+        "serving_dtype": str(serving.dtype).removeprefix("torch."),
+        "prompts": len(prompts),
+        "prompt_tokens": sum(len(ids) for ids in prompts),
+        "parts": {part: differences.summary() for part, differences in parts.items()},
+    }
+
+
+def _paired(differences: list[float]) -> tuple[float, float]:
+    """Mean of paired differences and its standard error."""
+    return statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
+
+
+def paired_quality(
+    path: str | Path,
+    holes: Sequence[HoleLike],
+    seed: int = 0,
+    *,
+    serving_dtype: str | torch.dtype = SERVING_DTYPE,
+    device: str = "cpu",
+    **generation_overrides: Any,
+) -> dict[str, Any]:
+    """Every hole completed in exact mode and in serving mode, with the same per-hole seed, through `Engine.infill`.
+
+    Hole i gets seed `seed + i` in both modes (as engine.training.evaluate.score_checkpoint, so exact mode's figures
+    are evaluate.py's on the same holes) and the prompt cut to the last PREFIX_CHARS of its prefix and the first
+    SUFFIX_CHARS of its suffix. Returns each mode's mean edit similarity and exact match (and seconds), the paired
+    difference serving - exact of both with its standard error, and ``within_noise``: whether the edit-similarity
+    difference is at most 2 standard errors. `generation_overrides` (e.g. max_denoising_steps) apply to both modes.
+    """
+    if len(holes) < 2:
+        raise ValueError("paired_quality needs at least 2 holes (a standard error needs two differences)")
+    modes = {"exact": (load(path, device=device, dtype=EXACT_DTYPE), EXACT_SAMPLING),
+             "serving": (load(path, device=device, dtype=serving_dtype), SERVING_SAMPLING)}
+    per_hole: list[dict[str, Any]] = []
+    seconds = dict.fromkeys(modes, 0.0)
+    for index, hole in enumerate(holes):
+        row: dict[str, Any] = {"kind": hole.kind}
+        for name, (eng, sampling) in modes.items():
+            started = time.perf_counter()
+            middle = eng.infill(hole.prefix[-PREFIX_CHARS:], hole.suffix[:SUFFIX_CHARS], seed=seed + index,
+                                **{"sampling": sampling, **generation_overrides}).middle
+            seconds[name] += time.perf_counter() - started
+            row[name] = {"middle": middle, "edit_similarity": edit_similarity(middle, hole.middle),
+                         "exact_match": exact_match(middle, hole.middle)}
+        per_hole.append(row)
+
+    summary: dict[str, Any] = {"holes": len(holes), "seed": seed}
+    for name, (eng, sampling) in modes.items():
+        summary[name] = {
+            "dtype": str(eng.dtype).removeprefix("torch."),
+            "sampling": sampling,
+            "edit_similarity": statistics.fmean(row[name]["edit_similarity"] for row in per_hole),
+            "exact_match": statistics.fmean(float(row[name]["exact_match"]) for row in per_hole),
+            "seconds": seconds[name],
+        }
+    similarity, similarity_error = _paired(
+        [row["serving"]["edit_similarity"] - row["exact"]["edit_similarity"] for row in per_hole])
+    match, match_error = _paired(
+        [float(row["serving"]["exact_match"]) - float(row["exact"]["exact_match"]) for row in per_hole])
+    summary.update(
+        edit_similarity_difference=similarity,
+        edit_similarity_standard_error=similarity_error,
+        within_noise=abs(similarity) <= 2 * similarity_error,
+        exact_match_difference=match,
+        exact_match_standard_error=match_error,
+        exact_match_within_noise=abs(match) <= 2 * match_error,
+        same_middles=sum(row["exact"]["middle"] == row["serving"]["middle"] for row in per_hole) / len(per_hole),
+        per_hole=per_hole,
+    )
+    return summary
