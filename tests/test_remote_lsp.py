@@ -127,7 +127,9 @@ async def test_remote_down_then_back_reports_and_recovers(checkpoint):
     assert list((await fresh_request(client, 1)).items) == []  # an empty completion, not an error response
     await wait_until(lambda: any(s["state"] == "error" for s in client.statuses[seen:]), "an error status")
     error = next(s for s in client.statuses[seen:] if s["state"] == "error")
-    assert error["message"].startswith(f"{url}/v1: cannot connect")
+    # Usually the connection is refused; a pooled keep-alive connection may instead see the server go away.
+    assert error["message"].startswith(f"{url}/v1: ") and any(
+        reason in error["message"] for reason in ("cannot connect", "RemoteProtocolError", "ReadError"))
     errors = (await stats(client))["errors"]
     for number in range(2, 7):  # inside the backoff: each fails at once
         assert list((await fresh_request(client, number)).items) == []
