@@ -103,3 +103,20 @@ def test_expert_routing_is_one_graph_without_host_syncs():
     sorted_experts, order, ends = moe.sort_by_expert(index, 4)
     assert ends.dtype == torch.int32 and torch.equal(sorted_experts, index.reshape(-1)[order])
     assert ends.tolist() == torch.bincount(index.reshape(-1), minlength=4).cumsum(0).tolist()
+
+
+def test_a_bf16_denoising_step_traces_as_one_graph(checkpoint):
+    """No host reads inside the decoder forward (routing by searchsorted, expert groups padded into a buffer of the
+    largest size the padding can take): torch.compile sees one graph, the precondition of a compiled serving step."""
+    eng = engine.load(checkpoint, device="cpu", dtype="bfloat16")
+    model, canvas_length = eng.model, eng.config.canvas_length
+    eng.prefill(list(range(3, 40)))
+    cache = eng._prefix_cache.expanded(1, canvas_length)
+    tables = model.canvas_rotary(cache.length, canvas_length, eng.device)
+    canvas = torch.randint(0, eng.config.vocab_size, (1, canvas_length), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        sc_logits = model.decode(canvas, cache.length, cache, None, tables)
+        explanation = torch._dynamo.explain(model.decode)(canvas, cache.length, cache, sc_logits, tables)
+        again = model.decode(canvas, cache.length, cache, sc_logits, tables)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+    assert torch.isfinite(again.float()).all()

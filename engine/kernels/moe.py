@@ -61,13 +61,17 @@ def bounded_gemm_shapes(x: torch.Tensor) -> bool:
 
 def _pad_groups(rows: torch.Tensor, group_ends: torch.Tensor, sorted_experts: torch.Tensor):
     """Rows laid out with each expert's group padded to a multiple of GROUP_ROWS (zero rows), the padded group
-    ends, and where each original row sits in that layout."""
+    ends, and where each original row sits in that layout.
+
+    The layout's size is the most the padding can take (fewer than GROUP_ROWS per expert), not the padded total:
+    reading that total would wait for the data, and rows past the last group are never multiplied.
+    """
     counts = torch.diff(group_ends.long(), prepend=group_ends.new_zeros(1).long())
     padded_counts = (counts + GROUP_ROWS - 1) // GROUP_ROWS * GROUP_ROWS
     padded_ends = padded_counts.cumsum(0)
     within_group = torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[sorted_experts]
     placement = (padded_ends - padded_counts)[sorted_experts] + within_group
-    padded = rows.new_zeros(int(padded_ends[-1]), rows.shape[1])
+    padded = rows.new_zeros(rows.shape[0] + counts.shape[0] * (GROUP_ROWS - 1), rows.shape[1])
     padded[placement] = rows
     return padded, padded_ends.to(torch.int32), placement
 
