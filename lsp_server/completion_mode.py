@@ -5,7 +5,8 @@ Rules, in order (the first that applies wins):
 1. Cursor between two identifier characters (``fo|o``): no completion unless explicitly invoked, then one
    line.
 2. Code to the right of the cursor on its line: one line, except right after a block opener whose closer
-   the editor already inserted (``function f() {|}``): a block.
+   the editor already inserted (``function f() {|}``): a block; and at the very start of the line (``|foo()``),
+   several whole lines inserted above it.
 3. Text to the left of the cursor on its line: a block when that text ends a block header (``def f():``,
    ``... {``) outside comments and strings and the block has no body yet, several lines when it has one
    (we insert at the top of it), otherwise one line (we are inside a statement or expression).
@@ -75,7 +76,7 @@ def decide_mode_at(
     if right.strip():
         if _ends_block_header(document, offset, left, rules) and right.lstrip().startswith("}"):
             return CompletionMode.BLOCK
-        return CompletionMode.SINGLE_LINE
+        return CompletionMode.SINGLE_LINE if left else CompletionMode.MULTI_LINE
     if left.strip():
         if not _ends_block_header(document, offset, left, rules):
             return CompletionMode.SINGLE_LINE

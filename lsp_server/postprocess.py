@@ -17,6 +17,10 @@ Steps, in order:
    variant adding the fewest syntax errors wins (the unchanged middle on ties).
 7. Trailing whitespace is stripped (the last line keeps it when text follows the cursor on its line).
 8. Empty or whitespace-only results become None.
+
+At the very start of a line of code (``|foo()``: nothing left of the cursor, code right of it) the middle is whole
+lines inserted above that line: it ends with a newline, lines repeating the cursor's line and those after it are
+removed, and steps 6 and 7 (which fit the middle to the text right of the cursor on its line) do not apply.
 """
 
 from __future__ import annotations
@@ -46,13 +50,19 @@ def postprocess(raw_middle: str, document: Document, position: PositionLike, mod
     left = document.text_between(document.line_start(line), offset)
     right = document.text_between(offset, document.line_end(line))
 
+    above = not left and bool(right.strip())  # whole lines inserted above the cursor's line of code
     middle = raw_middle.replace("\r\n", "\n").replace("\r", "\n")
     middle = normalize_indentation(middle, document, line, left)
+    if above and not middle.endswith("\n"):
+        middle += "\n"  # so that the spliced parse sees the cursor's line of code on a line of its own
     if mode is CompletionMode.SINGLE_LINE:
         middle = middle.split("\n", 1)[0]
     else:
         middle = cut_at_block_end(middle, document, offset, mode)
-        middle = remove_repeated_suffix_lines(middle, document, line, left)
+        middle = remove_repeated_suffix_lines(middle, document, line if above else line + 1, left)
+    if above:
+        middle = strip_trailing_whitespace(middle, keep_last_line=False)
+        return middle.replace("\n", document.newline) + document.newline if middle.strip() else None
     middle = balance_with_suffix(middle, document, offset, left, right)
     middle = strip_trailing_whitespace(middle, keep_last_line=bool(right.strip()))
     if not middle.strip():
@@ -180,15 +190,16 @@ def _indent_width(text: str) -> int:
 # --------------------------------------------------------------------------------------- suffix overlap
 
 
-def remove_repeated_suffix_lines(middle: str, document: Document, line: int, left: str) -> str:
-    """Drop the middle's last lines when they repeat the first non-blank lines after the cursor line.
+def remove_repeated_suffix_lines(middle: str, document: Document, first_following: int, left: str) -> str:
+    """Drop the middle's last lines when they repeat the first non-blank lines from ``first_following`` on (the
+    line after the cursor's, or the cursor's own when the middle goes above it).
 
     The middle's first line is compared as it will read in the document, after ``left`` (the cursor
     line's text before the cursor).
     """
     middle_lines = [text.rstrip() for text in (left + middle).rstrip().split("\n")]
     following = []
-    for next_line in range(line + 1, min(document.line_count, line + 1 + 2 * len(middle_lines))):
+    for next_line in range(first_following, min(document.line_count, first_following + 2 * len(middle_lines))):
         text = document.line_text(next_line).rstrip()
         if text.strip():
             following.append(text)

@@ -139,7 +139,8 @@ def test_rules_can_be_overridden_per_call():
 
 @pytest.mark.parametrize(
     ("marked", "expected"),
-    [("‸def f():\n    pass\n", SINGLE), ("def f():\n    pass\n‸", MULTI), ("x = 1‸", SINGLE)],
+    # At the very start of a line of code, whole lines go above it.
+    [("‸def f():\n    pass\n", MULTI), ("def f():\n    pass\n‸", MULTI), ("x = 1‸", SINGLE)],
 )
 def test_cursor_at_start_and_end_of_file(marked, expected):
     document, position = document_and_cursor("python", marked)

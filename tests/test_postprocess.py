@@ -167,3 +167,19 @@ def test_a_non_string_middle_is_rejected_clearly():
     document = Document("file:///case.py", "x = 1\n", "python")
     with pytest.raises(TypeError, match="raw middle must be a string"):
         postprocess(None, document, (0, 5), CompletionMode.SINGLE_LINE)
+
+
+# At the start of a line of code (HumanEval-Infilling's holes, or the cursor put before a statement): whole lines
+# that go above it, each ending with a newline, never joined to the code after the cursor.
+ABOVE = "def mean(values):\n    total = sum(values)\n‸    return total / len(values)\n"
+
+
+def test_lines_inserted_above_a_line_of_code_end_with_a_newline():
+    assert run("python", ABOVE, "    assert values") == "    assert values\n"
+    assert run("python", ABOVE, "    assert values\n    count = len(values)\n") == (
+        "    assert values\n    count = len(values)\n")
+
+
+def test_lines_above_that_repeat_the_cursor_line_are_removed():
+    assert run("python", ABOVE, "    assert values\n    return total / len(values)\n") == "    assert values\n"
+    assert run("python", ABOVE, "    return total / len(values)\n") is None
