@@ -77,6 +77,12 @@ class InfillResult:
         return self.candidates[0].text
 
 
+def decode_middle(tokenizer: Tokenizer, ids: list[int], chosen: str) -> str:
+    """A candidate's tokens (up to its stop token) as the middle's text in prompt format ``chosen``."""
+    text = decode_text(tokenizer, ids)
+    return strip_code_fence(text) if chosen == CHAT_FORMAT else text
+
+
 def strip_code_fence(text: str) -> str:
     """An instruct model's answer without the Markdown fence it may wrap the code in despite the instruction."""
     fenced = _CODE_FENCE.match(text)
@@ -251,8 +257,7 @@ def complete_prompt(
         return (ids if end is None else ids[:end]), end is not None
 
     def decode(ids: list[int]) -> str:
-        text = decode_text(tokenizer, ids)
-        return strip_code_fence(text) if chosen == CHAT_FORMAT else text
+        return decode_middle(tokenizer, ids, chosen)
 
     on_step = None
     if on_canvas is not None:

@@ -51,7 +51,7 @@ from starlette.routing import Route
 from tokenizers import Tokenizer
 
 from engine import EMBEDDED_MODEL, CanvasText, Engine, InfillResult
-from engine.infill import CHAT_FORMAT, complete_prompt, decode_text, infill_prompt, prompt_format, strip_code_fence
+from engine.infill import CHAT_FORMAT, complete_prompt, decode_middle, infill_prompt, prompt_format
 from engine.infill import text_tokenizer
 from lsp_server import VERSION
 from lsp_server.languages import language_for
@@ -173,8 +173,7 @@ class LoadedModel:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Generated tokens as text, decoded as complete_prompt decodes a candidate."""
-        text = decode_text(text_tokenizer(self.engine), list(ids))
-        return strip_code_fence(text) if self.prompt_format == CHAT_FORMAT else text
+        return decode_middle(text_tokenizer(self.engine), list(ids), self.prompt_format)
 
 
 class ModelWorker:
