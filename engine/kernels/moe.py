@@ -1,13 +1,15 @@
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.quantize import QuantizedWeight
+
 _grouped_mm = getattr(F, "grouped_mm", None)
 
 
 def moe_experts(
     x: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
+    gate_up_proj: torch.Tensor | QuantizedWeight,
+    down_proj: torch.Tensor | QuantizedWeight,
     top_k_index: torch.Tensor,
     top_k_weights: torch.Tensor,
 ) -> torch.Tensor:
@@ -16,7 +18,15 @@ def moe_experts(
     x: [T, H]; gate_up_proj: [E, 2I, H] (gate rows first); down_proj: [E, H, I]; top_k_*: [T, K].
     The T·K (token, expert) assignments are sorted by expert and run as one grouped matmul per projection
     (no Python loop over tokens); contributions are weighted and summed over K in fp32.
+    Either weight may be a `QuantizedWeight`: on CUDA the Triton kernel dequantises it tile by tile; elsewhere it
+    is dequantised to x's dtype on each call (the reference the kernel is tested against).
     """
+    if use_triton(x, gate_up_proj, down_proj):
+        return moe_triton.moe_experts_triton(x, gate_up_proj, down_proj, top_k_index, top_k_weights)
+    if isinstance(gate_up_proj, QuantizedWeight):
+        gate_up_proj = gate_up_proj.dequantize(x.dtype)
+    if isinstance(down_proj, QuantizedWeight):
+        down_proj = down_proj.dequantize(x.dtype)
     num_tokens, top_k = top_k_index.shape
     sorted_experts, order, group_ends = sort_by_expert(top_k_index, gate_up_proj.shape[0])
     rows = x[order // top_k]
@@ -30,6 +40,22 @@ def moe_experts(
     weighted = out * top_k_weights.reshape(-1)[order, None]
     unsorted = torch.empty_like(weighted).index_copy_(0, order, weighted)
     return unsorted.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def use_triton(x: torch.Tensor, *weights: torch.Tensor | QuantizedWeight) -> bool:
+    """Whether the Triton kernel runs: on CUDA only (a launch without a GPU fails), and there wherever torch has no
+    fused path: quantised experts, or no native grouped_mm for this dtype and device (its fallback copies the group
+    ends to the host and launches one matmul per expert)."""
+    if x.device.type != "cuda" or moe_triton is None:
+        return False
+    return any(isinstance(w, QuantizedWeight) for w in weights) or not _native_grouped_mm(x.dtype, x.device)
+
+
+def _native_grouped_mm(dtype: torch.dtype, device: torch.device) -> bool:
+    # get_device_properties, not get_device_capability: torch.compile folds it to a constant.
+    if _grouped_mm is None or dtype != torch.bfloat16:
+        return False
+    return torch.cuda.get_device_properties(device).major in (9, 10)
 
 
 def sort_by_expert(top_k_index: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,6 +110,13 @@ def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.
     # off a call it would fail to trace.
     if _grouped_mm is not None and rows.dtype == torch.bfloat16:
         return _grouped_mm(rows, weight.transpose(-2, -1), offs=group_ends)
+    if torch.compiler.is_compiling():
+        # The loop below needs the group sizes on the host, which would split the graph. Traced, every expert
+        # multiplies every row and each row keeps its own expert's product: E/K times the FLOPs, for the small
+        # fp32/fp16 models that run where bf16 is not native.
+        experts = torch.searchsorted(group_ends, torch.arange(rows.shape[0], device=rows.device), right=True)
+        products = torch.einsum("rh,enh->ren", rows, weight)
+        return products.gather(1, experts.clamp(max=weight.shape[0] - 1)[:, None, None].expand(-1, 1, weight.shape[1])).squeeze(1)
     out = rows.new_empty(rows.shape[0], weight.shape[1])
     start = 0
     for expert, end in enumerate(group_ends.tolist()):
@@ -91,3 +124,10 @@ def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.
             out[start:end] = F.linear(rows[start:end], weight[expert])
         start = end
     return out
+
+
+# Last: moe_triton imports sort_by_expert from this module. Where triton is not installed, the torch path runs.
+try:
+    from engine.kernels import moe_triton
+except ImportError:
+    moe_triton = None
