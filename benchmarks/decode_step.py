@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
-from engine.cache import KVCache  # noqa: E402
 from engine.sampler import entropy_bound_acceptance, sample_tokens, token_entropy  # noqa: E402
 
 
@@ -49,7 +48,7 @@ def main() -> None:
     generation = loaded.generation_settings()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (1, args.prompt), generator=generator)
-    cache = KVCache(1, model.cache_geometries(), loaded.dtype, loaded.device)
+    cache = model.new_cache()
     cache.reserve(args.prompt + canvas_length)
 
     def encode() -> None:

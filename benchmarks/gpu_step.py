@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.cache import KVCache  # noqa: E402
 from engine.config import GenerationConfig, ModelConfig, parse_model_config  # noqa: E402
 from engine.generate import StepEvent, generate_blocks  # noqa: E402
 from engine.model import DiffusionGemma  # noqa: E402
@@ -258,7 +257,7 @@ def main() -> int:
     weights_gb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e9
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
-    cache = KVCache(1, model.cache_geometries(), dtype, device)
+    cache = model.new_cache()
     ids = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device,
                         generator=torch.Generator(device=device).manual_seed(args.seed))
     with torch.inference_mode():

@@ -68,7 +68,8 @@ def quality_table(rows: list[tuple[str, dict]]) -> None:
     for name, result in rows:
         for mode in ("exact", "serving"):
             m = result[mode]
-            print(f"| {name} | {mode} | {m['dtype']} | {m['sampling']} | {result['holes']} "
+            label = f"{m['mode']}, compiled" if m["compiled"] else m["mode"]
+            print(f"| {name} | {label} | {m['dtype']} | {m['sampling']} | {result['holes']} "
                   f"| {m['edit_similarity']:.4f} | {m['exact_match']:.3f} | {m['seconds']:.1f} |")
     print()
     print("| checkpoint | Δ edit similarity (serving - exact) | std. error | within noise (2 s.e.) "
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--logit-prompts", type=int, default=16, help="prompts for the logit differences")
     parser.add_argument("--dtype", default="auto", help="serving mode's dtype (the server's setting)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compile", action="store_true", help="serving mode's step eager (default: compiled, waited for)")
     args = parser.parse_args()
 
     threads = os.environ.get("OMP_NUM_THREADS")
@@ -113,7 +115,8 @@ def main() -> None:
                                                        seed=args.seed)))
             if has_corpus and args.holes >= 2:
                 holes = held_out_holes(args.corpus, args.holes, canvas_length, args.seed)
-                quality_rows.append((name, paired_quality(path, holes, args.seed, serving_dtype=args.dtype)))
+                quality_rows.append((name, paired_quality(path, holes, args.seed, serving_dtype=args.dtype,
+                                                          compile=not args.no_compile)))
 
     source = f"held-out holes of {args.corpus}" if has_corpus else "holes of tests/fixtures/sample.py (no corpus)"
     print(f"## Logits, exact / serving, on the same inputs ({args.logit_prompts} prompts: {source}, "

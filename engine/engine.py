@@ -11,16 +11,22 @@ from typing import Any, Callable, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from engine.cache import KVCache
+from engine.cache import KVCache, SharedPrefixKV
 from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
 from engine.generate import GenerationCancelled, StepEvent, generate_blocks
 from engine.infill import CanvasText, InfillResult, infill, prompt_format, score_middles, text_tokenizer
 from engine.kernels.moe import bounded_gemm_shapes
-from engine.loader import CheckpointError, build_model
+from engine.kernels.quantize import SCHEMES
+from engine.loader import CheckpointError, build_model, stored_quantization
 from engine.model import DiffusionGemma
+from engine.quantized import weight_bytes
+from engine.serving import DenoisingStep, generate_shared
 
 # Serving on the CPU in bf16/fp16, a prompt is encoded in whole buckets of this many tokens (see _encode_prompt).
 PROMPT_BUCKET = 32
+# Serving mode encodes prompts in chunks of at most this many tokens (a multiple of PROMPT_BUCKET).
+PROMPT_CHUNK = 512
+MODES = ("exact", "serving")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -77,13 +83,20 @@ class Engine:
         generation_config: GenerationConfig,
         tokenizer: Tokenizer | None = None,
         path: Path | None = None,
+        mode: str = "exact",
+        compile: bool = False,
     ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model = model
         self.generation_config = generation_config
         self.tokenizer = tokenizer
         self.path = path
         self.device = model.embed_tokens.weight.device
         self.dtype = model.embed_tokens.weight.dtype
+        # Serving mode needs a causal encoder: its rows read the prompt cache in place (see engine.serving).
+        self.mode = mode if model.config.encoder_is_causal else "exact"
+        self.denoising_step = DenoisingStep(model, compile=compile and self.mode == "serving")
         # One cached prompt (batch 1): a request sharing a token prefix with it re-encodes only the rest.
         self._prefix_ids: list[int] = []
         self._prefix_cache: KVCache | None = None
@@ -104,7 +117,9 @@ class Engine:
 
     def describe(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"{self.path} on {self.device} ({dtype}), {self.prompt_format} prompts, canvas {self.config.canvas_length}"
+        mode = self.mode + (", compiled" if self.denoising_step.compile else "")
+        return (f"{self.path} on {self.device} ({dtype}, {mode} mode), {self.prompt_format} prompts, "
+                f"canvas {self.config.canvas_length}")
 
     def generation_settings(self, max_new_tokens: int | None = None, **overrides: Any) -> GenerationConfig:
         if max_new_tokens is not None:
@@ -125,7 +140,8 @@ class Engine:
         """Generate after `prompt_ids` (one prompt, or a batch of equal-length prompts).
 
         `num_candidates` runs that many canvases for one prompt as a batch. `seed` makes the run reproducible
-        (the same tokens as the reference `generate()` after `torch.manual_seed(seed)` on the CPU).
+        (in exact mode, the same tokens as the reference `generate()` after `torch.manual_seed(seed)` on the CPU;
+        serving mode draws its own stream and ignores `sampling`: see engine.serving).
         `on_step` observes every denoising step; `cancelled` is polled before every forward and stops the run
         with `GenerationCancelled`. Remaining keyword arguments override the checkpoint's generation config.
         """
@@ -145,16 +161,22 @@ class Engine:
         with self._lock:
             if cancelled is not None and cancelled():
                 raise GenerationCancelled()
-            if len(rows) == 1:
+            if len(rows) == 1 and self.mode == "serving":
                 encoded = self._encode_prompt(rows[0])
-                cache = self._prefix_cache.expanded(num_candidates, self.config.canvas_length)
-                uncached = torch.empty(num_candidates, 0, dtype=torch.long, device=self.device)
+                prompt_seconds = time.perf_counter() - started
+                output = generate_shared(self.model, self._prefix_cache, len(rows[0]), num_candidates, config,
+                                         generator, self.denoising_step, on_step, cancelled)
             else:
-                cache = KVCache(len(rows), self.model.cache_geometries(), self.dtype, self.device)
-                uncached = torch.tensor(rows, dtype=torch.long, device=self.device)
-                encoded = uncached.shape[1]
-            prompt_seconds = time.perf_counter() - started
-            output = generate_blocks(self.model, cache, uncached, config, generator, on_step, cancelled)
+                if len(rows) == 1:
+                    encoded = self._encode_prompt(rows[0])
+                    cache = self._prefix_cache.expanded(num_candidates, self.config.canvas_length)
+                    uncached = torch.empty(num_candidates, 0, dtype=torch.long, device=self.device)
+                else:
+                    cache = self.model.new_cache(len(rows))
+                    uncached = torch.tensor(rows, dtype=torch.long, device=self.device)
+                    encoded = uncached.shape[1]
+                prompt_seconds = time.perf_counter() - started
+                output = generate_blocks(self.model, cache, uncached, config, generator, on_step, cancelled)
         wall = time.perf_counter() - started
         tokens = output.tokens.tolist()
         per_row = [float(x) for x in output.tokens_per_forward.tolist()]
@@ -200,6 +222,13 @@ class Engine:
         """log P(middle and its stop token | the infill prompt) per candidate middle (see engine.infill)."""
         return score_middles(self, prefix, suffix, middles)
 
+    def warm_up(self, prompt_tokens: int, num_candidates: int = 1, max_new_tokens: int | None = None) -> None:
+        """One throwaway generation on a `prompt_tokens`-token prompt: it pays the kernels' lazy initialisation,
+        sizes the prompt cache's buffers for prompts up to that length, and (compiling) starts compiling the
+        denoising step for the shape those requests will have, in the background."""
+        filler = self.config.bos_token_id if self.config.bos_token_id is not None else 0
+        self.generate([filler] * prompt_tokens, max_new_tokens=max_new_tokens, seed=0, num_candidates=num_candidates)
+
     @torch.inference_mode()
     def prefill(self, prompt_ids: Sequence[int]) -> int:
         """Encode a prompt into the prefix cache without generating (a client's warm-up); returns the tokens encoded.
@@ -238,9 +267,14 @@ class Engine:
         real = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows], device=self.device)
         with self._lock:
             self._encode_prompt(ids)
-            cache = self._prefix_cache.expanded(len(rows), width)
-        cache.crop(len(ids) - 1)
-        hidden = self.model.encode(inputs, len(ids) - 1, cache, return_hidden=True)
+            if self.mode == "serving":  # the rows read the prompt cache in place
+                store = SharedPrefixKV.over(self._prefix_cache, len(ids) - 1, len(rows), width)
+                hidden = self.model.encode_shared(inputs, store)
+            else:
+                cache = self._prefix_cache.expanded(len(rows), width)
+        if self.mode != "serving":
+            cache.crop(len(ids) - 1)
+            hidden = self.model.encode(inputs, len(ids) - 1, cache, return_hidden=True)
         log_probs = torch.log_softmax(self.model.logits(hidden).float(), dim=-1)
         picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
         return [float(x) for x in picked.masked_fill(~real, 0.0).sum(dim=-1)]
@@ -249,7 +283,7 @@ class Engine:
         """Bring the prefix cache to exactly `ids`: keep the shared token prefix, encode the rest. Returns its size."""
         if self._prefix_cache is None or not self.config.encoder_is_causal:
             # A bidirectional encoder's keys depend on later tokens, so only a causal prefix can be reused.
-            self._prefix_cache = KVCache(1, self.model.cache_geometries(), self.dtype, self.device)
+            self._prefix_cache = self.model.new_cache()
             self._prefix_ids = []
         shared = 0
         for cached, new in zip(self._prefix_ids, ids):
@@ -262,6 +296,9 @@ class Engine:
             # encoded tokens to a whole bucket; the causal encoder's real positions do not see the padding after
             # them, and the cache keeps only the real length.
             shared -= shared % PROMPT_BUCKET
+        if not cache.can_crop(shared):  # the prompts diverge before what the sliding layers still hold
+            shared = 0
+            cache.clear()
         cache.crop(shared)
         self._prefix_ids = self._prefix_ids[:shared]
         rest = ids[shared:]
@@ -269,9 +306,15 @@ class Engine:
             encoded = rest
             if self._bucket_prompts:
                 encoded = rest + [self.config.pad_token_id or 0] * (-len(rest) % PROMPT_BUCKET)
-            cache.reserve(len(encoded))
-            self.model.encode(torch.tensor([encoded], dtype=torch.long, device=self.device), shared, cache)
-            cache.length += len(rest)
+            # Serving mode encodes long prompts in chunks: no chunk builds a score matrix over the whole prompt, and
+            # the sliding layers' buffers stay at their window (exact mode encodes in one pass, as the reference).
+            chunk = len(encoded) if self.mode == "exact" else PROMPT_CHUNK
+            for begin in range(0, len(encoded), chunk):
+                piece = encoded[begin : begin + chunk]
+                cache.reserve(len(piece))
+                self.model.encode(torch.tensor([piece], dtype=torch.long, device=self.device), cache.length, cache)
+                cache.length += len(piece)
+            cache.length = shared + len(rest)  # the bucket's padding is no part of the prompt
             self._prefix_ids = list(ids)
         return len(rest)
 
@@ -303,8 +346,43 @@ def resolve_model_path(model: str | Path) -> Path:
     return EMBEDDED_MODEL_DIR
 
 
-def load(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None) -> Engine:
-    """Load a DiffusionGemma checkpoint directory (config.json, generation_config.json, safetensors, tokenizer.json)."""
+def free_memory(device: torch.device) -> int | None:
+    """Bytes the device can still allocate (the host's MemAvailable for the CPU); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if device.type == "cpu" and meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def check_fits(config: ModelConfig, quantization: str | None, dtype: torch.dtype, device: torch.device,
+               available: int | None = None) -> None:
+    """Raise CheckpointError when the weights alone need more than the device has free (`available` bytes; by
+    default what `free_memory` reports), naming the quantizations that would fit."""
+    available = free_memory(device) if available is None else available
+    needed = weight_bytes(config, quantization, dtype)
+    if available is None or needed <= available:
+        return
+    sizes = {scheme: weight_bytes(config, scheme, dtype) for scheme in SCHEMES if scheme != quantization}
+    options = [f"{scheme} ({size / 1e9:.1f} GB)" for scheme, size in sizes.items() if size <= available]
+    precision = str(dtype).removeprefix("torch.") + (f" with {quantization} experts" if quantization else "")
+    advice = f"; quantization {' or '.join(options)} would fit" if options else "; no quantization fits either"
+    raise CheckpointError(f"the model's weights need {needed / 1e9:.1f} GB in {precision}, but {device} has "
+                          f"{available / 1e9:.1f} GB free{advice}")
+
+
+def load(path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
+         mode: str = "exact", compile: bool = False, quantization: str | None = None) -> Engine:
+    """Load a DiffusionGemma checkpoint directory (config.json, generation_config.json, safetensors, tokenizer.json).
+
+    `mode` "exact" reproduces the reference bit for bit (in float32 on the CPU); "serving" is what the server runs
+    (see engine.serving), with `compile` compiling its denoising step in the background. `quantization`
+    ("int4-g32", "int4-g64", "fp8") quantises the experts while they are read (a pre-quantised checkpoint is
+    loaded as stored). A model whose weights cannot fit the device's free memory fails before anything is read.
+    """
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
@@ -314,7 +392,8 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: str | tor
         model_config, generation_config = load_configs(directory)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    model = build_model(model_config, directory, resolved_dtype, resolved_device)
+    check_fits(model_config, quantization or stored_quantization(directory), resolved_dtype, resolved_device)
+    model = build_model(model_config, directory, resolved_dtype, resolved_device, quantization)
     tokenizer = None
     tokenizer_path = directory / "tokenizer.json"
     if tokenizer_path.exists():
@@ -322,4 +401,4 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: str | tor
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
             raise CheckpointError(f"{tokenizer_path}: unreadable tokenizer ({exc})") from None
-    return Engine(model, generation_config, tokenizer, directory)
+    return Engine(model, generation_config, tokenizer, directory, mode=mode, compile=compile)

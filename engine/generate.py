@@ -144,17 +144,24 @@ def generate_blocks(
         decoder_seconds += time.perf_counter() - started
 
         block_tokens = argmax.clone()
-        finished = _finalize_canvas(block_tokens, finished, eos, config.pad_token_id)
+        finished = finalize_canvas(block_tokens, finished, eos, config.pad_token_id)
         committed.append(block_tokens)
         if bool(finished.all()):
             break
         to_encode = block_tokens
 
+    return batch_output(committed, forwards_per_row, config.pad_token_id, decoder_forwards, encoder_seconds,
+                        decoder_seconds)
+
+
+def batch_output(committed: list[torch.Tensor], forwards_per_row: torch.Tensor, pad: int | None,
+                 decoder_forwards: int, encoder_seconds: float, decoder_seconds: float) -> BatchOutput:
+    """The committed canvases side by side, with each row's new (non-pad) tokens per decoder forward."""
     tokens = torch.cat(committed, dim=1)
-    if config.pad_token_id is not None:
-        valid = (tokens != config.pad_token_id).sum(dim=-1)
+    if pad is not None:
+        valid = (tokens != pad).sum(dim=-1)
     else:
-        valid = torch.full((batch,), tokens.shape[1], device=device)
+        valid = torch.full((tokens.shape[0],), tokens.shape[1], device=tokens.device)
     return BatchOutput(
         tokens=tokens,
         tokens_per_forward=valid / forwards_per_row,
@@ -165,7 +172,7 @@ def generate_blocks(
     )
 
 
-def _finalize_canvas(
+def finalize_canvas(
     canvas: torch.Tensor, finished: torch.Tensor, eos: torch.Tensor | None, pad: int | None
 ) -> torch.Tensor:
     """Mark rows with an EOS in this canvas finished; with a pad id, blank finished rows and what follows the EOS."""

@@ -11,12 +11,14 @@ Both share every weight except the per-layer `layer_scalar`, of which the checkp
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from functools import partial
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.cache import KVCache, SharedPrefixKV
 from engine.config import FULL, ModelConfig
 from engine.kernels import apply_rope, attention, moe_experts, rms_norm, scale_unit, unit_rms_norm
 
@@ -79,6 +81,10 @@ class KeyValueStore(Protocol):
     def decoder_keys_values(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor, first_key: int
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+# attend(layer index, layer type, q, k, v) -> attended values [B, H, T, D]
+Attend = Callable[[int, str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Attention(nn.Module):
@@ -296,23 +302,32 @@ class DiffusionGemma(nn.Module):
         length = ids.shape[1]
         index = torch.arange(start, start + length, device=ids.device)
         tables = self.rotary(index if positions is None else positions, self.embed_tokens.weight.dtype)
-        x = self.embed(ids)
-        for layer in self.layers:
-            layer_type = self.config.layer_types[layer.index]
-            cos, sin = tables[layer_type]
-            attn = layer.self_attn
-            q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+
+        def attend(layer: int, layer_type: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # Keys older than the window can never be attended to by these queries on a sliding layer.
             first_key = max(0, start - self.window + 1) if layer_type != FULL and self.config.encoder_is_causal else 0
-            keys, values = store.encoder_keys_values(layer.index, start, k, v, first_key)
+            keys, values = store.encoder_keys_values(layer, start, k, v, first_key)
             key_index = torch.arange(first_key, start + length, device=ids.device)
             mask = self.encoder_mask(layer_type, index, key_index)
             if key_padding is not None:
                 # Every query keeps its own key, so a padding row is never fully masked (which would give NaN).
                 mask = _with_padding(mask, key_padding[:, first_key:]) | (index[:, None] == key_index[None, :])
-            a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, mask)))
-            x = layer.feed_forward(a, layer.encoder_layer_scalar)
+            return attention(q, keys, values, mask)
+
+        x = self.run_layers(self.embed(ids), tables, attend, encoder=True)
         return x if return_hidden else None
+
+    def run_layers(self, x: torch.Tensor, tables: dict[str, tuple[torch.Tensor, torch.Tensor]], attend: Attend,
+                   encoder: bool) -> torch.Tensor:
+        """The shared stack; `attend(layer, layer_type, q, k, v)` is where encoder, decoder and caches differ."""
+        for layer in self.layers:
+            layer_type = self.config.layer_types[layer.index]
+            cos, sin = tables[layer_type]
+            attn = layer.self_attn
+            q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+            a = x + layer.post_attention_layernorm(attn.output(attend(layer.index, layer_type, q, k, v)))
+            x = layer.feed_forward(a, layer.encoder_layer_scalar if encoder else layer.decoder_layer_scalar)
+        return x
 
     def self_conditioned_embedding(
         self, canvas: torch.Tensor, sc_logits: torch.Tensor | None, sc_mask: torch.Tensor | None = None
@@ -345,19 +360,35 @@ class DiffusionGemma(nn.Module):
         """
         if tables is None:
             tables = self.canvas_rotary(start, canvas.shape[1], canvas.device)
-        x = self.self_conditioned_embedding(canvas, sc_logits, sc_mask)
-        for layer in self.layers:
-            layer_type = self.config.layer_types[layer.index]
-            cos, sin = tables[layer_type]
-            attn = layer.self_attn
-            q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+
+        def attend(layer: int, layer_type: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # Sliding layers see what the reference's cache retains: the last W-1 prefix positions.
             first_key = max(0, start - (self.window - 1)) if layer_type != FULL else 0
-            keys, values = store.decoder_keys_values(layer.index, k, v, first_key)
+            keys, values = store.decoder_keys_values(layer, k, v, first_key)
             mask = None if key_padding is None else key_padding[:, None, None, first_key:]
-            a = x + layer.post_attention_layernorm(attn.output(attention(q, keys, values, mask)))
-            x = layer.feed_forward(a, layer.decoder_layer_scalar)
-        return self.logits(x)
+            return attention(q, keys, values, mask)
+
+        x = self.self_conditioned_embedding(canvas, sc_logits, sc_mask)
+        return self.logits(self.run_layers(x, tables, attend, encoder=False))
+
+    def decode_shared(self, canvas: torch.Tensor, store: SharedPrefixKV, sc_logits: torch.Tensor,
+                      sc_mask: torch.Tensor) -> torch.Tensor:
+        """Serving mode's decoder: `decode` at the store's next position over [shared prompt ; row tail ; canvas].
+
+        Static shapes for torch.compile: the position is a tensor and the first step passes zero `sc_mask` rows
+        (with a zero signal the self-conditioning MLP adds exactly 0) instead of no logits.
+        """
+        positions = store.next_position + torch.arange(canvas.shape[1], device=canvas.device)
+        tables = self.rotary(positions, self.embed_tokens.weight.dtype)
+        x = self.self_conditioned_embedding(canvas, sc_logits, sc_mask)
+        return self.logits(self.run_layers(x, tables, partial(store.attend, causal=False), encoder=False))
+
+    def encode_shared(self, ids: torch.Tensor, store: SharedPrefixKV) -> torch.Tensor:
+        """Serving mode's encoder for tokens after the shared prompt (a committed canvas, a candidate to score):
+        writes their keys/values into the rows' tails (the caller commits them) and returns the hidden states."""
+        positions = store.next_position + torch.arange(ids.shape[1], device=ids.device)
+        tables = self.rotary(positions, self.embed_tokens.weight.dtype)
+        return self.run_layers(self.embed(ids), tables, partial(store.attend, causal=True), encoder=True)
 
     def canvas_rotary(self, start: int, length: int, device: torch.device):
         positions = torch.arange(start, start + length, device=device)
@@ -373,3 +404,12 @@ class DiffusionGemma(nn.Module):
 
     def cache_geometries(self) -> list[tuple[int, int]]:
         return [(layer.self_attn.num_kv_heads, layer.self_attn.head_dim) for layer in self.layers]
+
+    def cache_windows(self) -> list[int | None]:
+        """Each layer's sliding window as a KV cache needs it (None: the layer attends to every position)."""
+        causal = self.config.encoder_is_causal
+        return [self.window if layer.self_attn.is_sliding and causal else None for layer in self.layers]
+
+    def new_cache(self, batch: int = 1) -> "KVCache":
+        weight = self.embed_tokens.weight
+        return KVCache(batch, self.cache_geometries(), weight.dtype, weight.device, self.cache_windows())

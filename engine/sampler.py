@@ -21,9 +21,15 @@ def sample_tokens(probs: torch.Tensor, generator: torch.Generator, sampling: str
     """
     if sampling == "reference":
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return inverse_cdf_sample(probs, torch.rand(probs.shape[0], device=probs.device, generator=generator))
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token where each row's cumulative probability first exceeds its uniform draw: probs [..., V], uniform
+    [...] in [0, 1). Scaled by the row's total, so rounding in the cumulative sum cannot run past the vocabulary."""
     cdf = probs.cumsum(dim=-1)
-    draw = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    draw = uniform[..., None] * cdf[..., -1:]
+    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:

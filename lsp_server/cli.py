@@ -26,14 +26,15 @@ def _version_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from engine import EMBEDDED_MODEL
-    from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, MODEL_HELP
+    from lsp_server.settings import (DTYPE_CHOICES, DTYPE_HELP, ENGINE_MODE_HELP, ENGINE_MODES, MODEL_HELP,
+                                     NO_COMPILE_HELP, QUANTIZATION_HELP, QUANTIZATIONS)
 
     parser = argparse.ArgumentParser(
         parents=[_version_parser()],
         prog="diffgemma-lsp",
         description="Language server giving inline code completions (LSP 3.18 textDocument/inlineCompletion, "
                     "with a textDocument/completion fallback) from a DiffusionGemma block-diffusion model.",
-        epilog="Clients may override --model, --device and --dtype, and tune everything else, through "
+        epilog="Clients may override these options, and tune everything else, through "
                "initializationOptions or workspace/didChangeConfiguration (see lsp_server/settings.py).",
     )
     transport = parser.add_mutually_exclusive_group()
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+    parser.add_argument("--engine-mode", choices=ENGINE_MODES, default="serving", help=ENGINE_MODE_HELP)
+    parser.add_argument("--no-compile", action="store_true", help=NO_COMPILE_HELP)
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help=QUANTIZATION_HELP)
     parser.add_argument("--log-file", help="write the server log here (default: stderr; stdout carries LSP)")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
@@ -59,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         filename=args.log_file, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings, problems = apply_changes(SERVER.base_settings, {"model": args.model, "device": args.device,
-                                                              "dtype": args.dtype})
+    settings, problems = apply_changes(SERVER.base_settings, {
+        "model": args.model, "device": args.device, "dtype": args.dtype, "engineMode": args.engine_mode,
+        "compile": not args.no_compile,
+        "quantization": args.quantization})
     if problems:
         parser.error("; ".join(problems))
     SERVER.base_settings = settings

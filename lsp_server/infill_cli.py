@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": args.model, "device": args.device, "dtype": args.dtype, "candidates": args.candidates,
         "seed": args.seed, "denoisingSteps": args.steps, "maxNewTokens": args.max_new_tokens,
         "maxPromptTokens": args.max_prompt_tokens,
+        "compile": False,  # one completion: compiling the step would cost more than it saves
     })
     if problems:
         return fail("; ".join(problems))

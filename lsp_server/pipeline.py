@@ -21,6 +21,7 @@ import torch
 
 import engine
 from engine import CanvasText, Engine, InfillCandidate, InfillResult
+from engine.infill import infill_prompt
 from lsp_server.completion_mode import CompletionMode
 from lsp_server.context import ContextBudget, InfillContext, build_context
 from lsp_server.document_candidates import line_candidates
@@ -46,13 +47,22 @@ def intra_op_threads(requested: int | None) -> int:
 
 
 def load_engine(settings: Settings) -> Engine:
-    """Load the checkpoint the settings name, on their device and dtype, with their canvas length."""
-    loaded = engine.load(engine.resolve_model_path(settings.model), settings.device, settings.dtype)
+    """Load the checkpoint the settings name, on their device and dtype, in their engine mode, with their canvas
+    length."""
+    loaded = engine.load(engine.resolve_model_path(settings.model), settings.device, settings.dtype,
+                         mode=settings.engine_mode, compile=settings.compile, quantization=settings.quantization)
     if settings.canvas_length is not None:
         # The canvas length is no part of the weights (canvas positions come from RoPE): loading with another
         # one is the same as editing the checkpoint's config.json.
         loaded.model.config = replace(loaded.model.config, canvas_length=settings.canvas_length)
     return loaded
+
+
+def warm_up(loaded: Engine, settings: Settings) -> None:
+    """`Engine.warm_up` for the longest prompt the settings allow (the budget plus the layout's own tokens), so
+    requests find the kernels initialised and (compiling) their denoising step's shape compiling already."""
+    layout_tokens = len(infill_prompt(loaded, "", "")[1])
+    loaded.warm_up(settings.max_prompt_tokens + layout_tokens, settings.candidates, settings.max_new_tokens)
 
 
 class InfillModel(Protocol):
@@ -77,7 +87,9 @@ def load_model(settings: Settings) -> InfillModel:
     until a request gets through (the server may come up later).
     """
     if not is_remote_model(settings.model):
-        return load_engine(settings)
+        loaded = load_engine(settings)
+        warm_up(loaded, settings)
+        return loaded
     remote = RemoteModel.from_settings(settings)
     try:
         remote.connect()

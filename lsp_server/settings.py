@@ -15,7 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine import EMBEDDED_MODEL
-from engine.engine import DTYPES
+from engine.engine import DTYPES, MODES as ENGINE_MODES
+from engine.kernels.quantize import SCHEMES as QUANTIZATIONS
 
 SECTION = "diffgemma"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -26,6 +27,9 @@ class Settings:
     model: str = EMBEDDED_MODEL  # checkpoint directory, "embedded", or a server's base URL (http://host:8000/v1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32
+    engine_mode: str = "serving"  # serving: shared-prefix static-shape steps; exact: the reference's bits (slower)
+    compile: bool = True  # compile the serving step in the background (eager until ready; cached on disk)
+    quantization: str | None = None  # experts quantised while loading: int4-g32 | int4-g64 | fp8; None: as stored
     canvas_length: int | None = None  # tokens per denoised block; None: the checkpoint's
     max_prompt_tokens: int = 256  # prefix + suffix + other-file snippets; the embedded model trains on 256-token prompts (raise for larger checkpoints)
     max_new_tokens: int | None = None  # None: one canvas
@@ -57,9 +61,15 @@ MODEL_HELP = (f"checkpoint directory, {EMBEDDED_MODEL!r} for the packaged model 
               "apiKey setting)")
 DTYPE_CHOICES = ("auto", *sorted(DTYPES))
 DTYPE_HELP = "weights and activations (default auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32)"
+ENGINE_MODE_HELP = ("serving (default): the prompt cache read in place and a static-shape denoising step, compiled "
+                    "in the background; exact: the reference's kernels and random stream (transformers' tokens "
+                    "in float32), slower")
+QUANTIZATION_HELP = ("quantise the experts while loading (int4-g32: the 26B-A4B model in ~17.7 GB; fp8: ~27.7 GB); "
+                     "default: as the checkpoint stores them")
+NO_COMPILE_HELP = "run the serving step eagerly (no background compilation and no compile cache on disk)"
 
 # Settings read when the model is loaded: changing one reloads it.
-LOAD_FIELDS = frozenset({"model", "device", "dtype", "canvas_length", "api_key", "remote_model", "request_timeout",
+LOAD_FIELDS = frozenset({"model", "device", "dtype", "engine_mode", "compile", "quantization", "canvas_length", "api_key", "remote_model", "request_timeout",
                          "tls_verify", "tokenizer"})
 
 
@@ -148,6 +158,18 @@ def _check_languages(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_engine_mode(value: Any) -> str:
+    if value not in ENGINE_MODES:
+        raise ValueError(f"expected one of {', '.join(ENGINE_MODES)}, got {value!r}")
+    return value
+
+
+def _check_quantization(value: Any) -> str | None:
+    if value is not None and value not in QUANTIZATIONS:
+        raise ValueError(f"expected one of {', '.join(QUANTIZATIONS)} or null, got {value!r}")
+    return value
+
+
 def _check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -158,6 +180,9 @@ _CHECKS = {
     "model": _check_model,
     "device": _check_device,
     "dtype": _check_dtype,
+    "engine_mode": _check_engine_mode,
+    "compile": _check_bool,
+    "quantization": _check_quantization,
     "canvas_length": lambda v: _positive_int(v, optional=True),
     "max_prompt_tokens": _positive_int,
     "max_new_tokens": lambda v: _positive_int(v, optional=True),

@@ -39,7 +39,7 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
 def start_serve(model: str, *args: str, port: int = 0) -> tuple[subprocess.Popen, str]:
     """A real ``diffgemma-serve`` process on loopback; returns it and its base URL once /health says ready."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "lsp_server.serve", "--port", str(port), "--model", model, *args],
+        [sys.executable, "-m", "lsp_server.serve", "--no-compile", "--port", str(port), "--model", model, *args],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     line = process.stdout.readline()
     if "listening on" not in line:

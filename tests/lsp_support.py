@@ -12,7 +12,8 @@ from typing import Any
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-SERVER_COMMAND = [sys.executable, "-m", "lsp_server"]
+# Eager serving steps: a background compilation in every test server would take a core for a minute.
+SERVER_COMMAND = [sys.executable, "-m", "lsp_server", "--no-compile"]
 # pytest-lsp's presets predate inline completion; VS Code (vscode-languageclient 10) and Neovim 0.12 have it.
 PRESETS = {"vscode": "visual-studio-code", "neovim": "neovim"}
 

@@ -54,7 +54,7 @@ def _language_servers_running() -> list[str]:
 @needs_data
 def test_direct_and_server_back_ends_run_the_same_pipeline(tmp_path, checkpoint):
     runs = {}
-    for name, backend in (("direct", ["--direct"]), ("server", ["--completer", "server"])):
+    for name, backend in (("direct", ["--direct", "--no-compile"]), ("server", ["--completer", "server", "--no-compile"])):
         out = tmp_path / name
         assert main([*backend, "--model", checkpoint, *TASKS, *QUIET, "--out", str(out)]) == 0
         runs[name] = (json.loads((out / "summary.json").read_text()), _records(out))
@@ -88,8 +88,9 @@ def test_dtype_option_reaches_the_pipeline(checkpoint):
 def test_transformers_baseline_agrees_token_for_token(tmp_path, checkpoint, capsys):
     pytest.importorskip("transformers")
     out = tmp_path / "run"
-    # float32: the engine's exact numbers (the default dtype, auto, may pick bfloat16 on this CPU)
-    assert main(["--direct", "--model", checkpoint, "--dtype", "float32", "--baseline", "transformers",
+    # exact mode in float32: the engine's exact numbers (the default dtype, auto, may pick bfloat16 on this CPU)
+    assert main(["--direct", "--model", checkpoint, "--dtype", "float32", "--engine-mode", "exact",
+                 "--baseline", "transformers",
                  "--task", "single-line", "--limit", "2", "--seed", "3", *QUIET, "--out", str(out)]) == 0
     baseline = json.loads((out / "summary.json").read_text())["baseline"]
     assert baseline["tasks"] == 2
@@ -103,12 +104,26 @@ def test_transformers_baseline_agrees_token_for_token(tmp_path, checkpoint, caps
     assert "Baseline transformers `generate()` on the same prompts (2 tasks)" in capsys.readouterr().out
 
 
+def test_transformers_baseline_against_serving_mode(tmp_path, checkpoint):
+    """The default engine mode (serving, bf16 here) against transformers in float32, as a user runs it: both
+    generate every task's tokens; they differ by sampling, so agreement is only reported."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    assert main(["--direct", "--model", checkpoint, "--no-compile", "--baseline", "transformers",
+                 "--task", "single-line", "--limit", "2", "--seed", "3", *QUIET, "--out", str(out)]) == 0
+    baseline = json.loads((out / "summary.json").read_text())["baseline"]
+    assert baseline["tasks"] == 2 and 0.0 <= baseline["token_agreement"] <= 1.0
+    assert baseline["speed_ratio"] == pytest.approx(baseline["transformers_ms"] / baseline["engine_ms"])
+    for record in _records(out):
+        assert record["baseline"]["new_tokens"] == 16 and record["baseline"]["prompt_tokens"] > 0
+
+
 def test_transformers_is_imported_only_for_the_baseline(tmp_path, checkpoint):
     """A direct run leaves transformers unimported; where it is not installed, --baseline says so."""
     script = f"""
 import sys
 from lsp_server.bench.cli import main
-common = ["--direct", "--model", {checkpoint!r}, "--repo", {str(REPO_ROOT / "lsp_server" / "bench")!r},
+common = ["--direct", "--no-compile", "--model", {checkpoint!r}, "--repo", {str(REPO_ROOT / "lsp_server" / "bench")!r},
           "--limit", "2", "--no-plots", "--no-progress"]
 assert main([*common, "--out", {str(tmp_path / "direct")!r}]) == 0
 assert "transformers" not in sys.modules, "a run without --baseline imported transformers"

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import engine
-from engine.cache import KVCache
 from engine.sampler import StableAndConfident, entropy_bound_acceptance, token_entropy
 from reference_models import build_reference, save_reference, text_config
 
@@ -52,7 +51,7 @@ def reference_logits(reference, ids, canvases, sc_logits=None):
 
 def engine_logits(eng, ids, canvases, sc_logits=None):
     model = eng.model
-    cache = KVCache(ids.shape[0], model.cache_geometries(), torch.float32, torch.device("cpu"))
+    cache = model.new_cache(ids.shape[0])
     outputs, to_encode = [], ids
     with torch.inference_mode():
         for canvas in canvases:

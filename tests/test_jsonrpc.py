@@ -60,7 +60,7 @@ class RawServer:
     def __init__(self, model: str, log: Path):
         self._log = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lsp_server", "--stdio", "--model", model, "--log-level", "INFO"],
+            [sys.executable, "-m", "lsp_server", "--stdio", "--no-compile", "--model", model, "--log-level", "INFO"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
         self.received: list[dict] = []

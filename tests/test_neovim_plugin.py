@@ -105,7 +105,7 @@ def run_scenario(nvim: str, scenario: str, tmp_path: Path, checkpoint: Path | No
     if checkpoint is not None:
         settings["model"] = str(checkpoint)
     test_config = {
-        "cmd": [sys.executable, "-m", "lsp_server", "--stdio"],
+        "cmd": [sys.executable, "-m", "lsp_server", "--stdio", "--no-compile"],
         "settings": settings,
         "file": str(source),
         "row": HOLE_ROW,

@@ -111,7 +111,7 @@ def name(checkpoint) -> str:
 def reference(checkpoint):
     """The same checkpoint in this process: what the server must answer for the same seed."""
     torch.set_num_threads(1)
-    return engine.load(checkpoint, "cpu", "auto")
+    return engine.load(checkpoint, "cpu", "auto", mode="serving")  # the server's mode
 
 
 def text_prompt_ids(loaded, text: str) -> list[int]:

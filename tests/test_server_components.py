@@ -22,7 +22,8 @@ from lsp_server.settings import Settings, apply_changes
 def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
     wire = Settings().to_wire()
     assert wire == {
-        "model": "embedded", "device": "auto", "dtype": "auto", "canvasLength": None, "maxPromptTokens": 256,
+        "model": "embedded", "device": "auto", "dtype": "auto", "engineMode": "serving", "compile": True,
+        "quantization": None, "canvasLength": None, "maxPromptTokens": 256,
         "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "threads": None,
         "enabledLanguages": ["*"],
         "cacheSize": 256, "canvasNotifications": True,

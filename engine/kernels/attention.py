@@ -11,3 +11,35 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     over repeated KV heads, with or without a mask.
     """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=True)
+
+
+def shared_prefix_attention(
+    q: torch.Tensor,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    prefix_visible: torch.Tensor,
+    own_k: torch.Tensor,
+    own_v: torch.Tensor,
+    own_visible: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of B rows over two key sets: a prefix every row shares, stored once, and each row's own keys.
+
+    q: [B, H, T, D]; prefix_k/v: [1, KV, Sp, D]; own_k/v: [B, KV, So, D]; *_visible: boolean [T or 1, Sp or So]
+    (True = may attend; every query must see at least one key). One softmax over [prefix ; own], scaling 1.0,
+    query head j reading KV head j // (H/KV). The rows' queries are stacked against the prefix, so the prefix is
+    never repeated per row (no copy of a long prompt's keys per request or per step).
+    """
+    batch, heads, length, dim = q.shape
+    kv_heads = own_k.shape[1]
+    rows = heads // kv_heads * length  # the query rows of one KV head
+    grouped = q.reshape(batch, kv_heads, rows, dim)
+    stacked = grouped.transpose(0, 1).reshape(1, kv_heads, batch * rows, dim)
+    prefix_scores = (stacked @ prefix_k.transpose(-1, -2)).view(kv_heads, batch, rows, -1).transpose(0, 1)
+    scores = torch.cat([prefix_scores, grouped @ own_k.transpose(-1, -2)], dim=-1).float()
+    visible = torch.cat([prefix_visible.expand(length, -1), own_visible.expand(length, -1)], dim=-1)
+    visible = visible.repeat(heads // kv_heads, 1)
+    weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1).to(q.dtype)
+    split = prefix_k.shape[2]
+    prefix_weights = weights[..., :split].transpose(0, 1).reshape(1, kv_heads, batch * rows, split)
+    out = (prefix_weights @ prefix_v).view(kv_heads, batch, rows, dim).transpose(0, 1) + weights[..., split:] @ own_v
+    return out.reshape(batch, heads, length, dim)

@@ -1,9 +1,10 @@
 """Serving mode against exact mode: is the server's numerics still the same model?
 
-Exact mode is float32 weights and activations with the reference's random stream (``sampling="reference"``): the
-engine's tokens are bit-identical to transformers'. Serving mode is what the language server runs: ``dtype="auto"``
-(bfloat16 on CUDA and on CPUs with bf16 instructions) with ``sampling="fast"`` (inverse-CDF sampling, see
-engine.sampler). Serving mode may use any numerics as long as it is the same model, which two checks measure:
+Exact mode is ``mode="exact"`` in float32 with the reference's random stream (``sampling="reference"``): the
+engine's tokens are bit-identical to transformers'. Serving mode is what the language server runs: ``mode="serving"``
+(engine.serving: the prompt cache shared in place, the static-shape step, optionally compiled) with ``dtype="auto"``
+(bfloat16 on CUDA and on CPUs with bf16 instructions) and inverse-CDF sampling. Serving mode may use any numerics as
+long as it is the same model, which two checks measure:
 
 * `logit_differences`: the same inputs through both loads of a checkpoint; how far the encoder's next-token logits
   and one decoder step's logits (without and with self-conditioning) move, and how often their argmax agrees.
@@ -25,7 +26,7 @@ from typing import Any, Protocol, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from engine.cache import KVCache
+from engine.cache import KVCache, SharedPrefixKV
 from engine.config import load_configs
 from engine.engine import PROMPT_BUCKET, Engine, load
 from engine.infill import prompt_format, prompt_ids
@@ -111,7 +112,7 @@ def _encode(eng: Engine, ids: list[int], canvas_length: int) -> tuple[KVCache, t
     encoded = list(ids)
     if eng._bucket_prompts:
         encoded += [eng.config.pad_token_id or 0] * (-len(ids) % PROMPT_BUCKET)
-    cache = KVCache(1, eng.model.cache_geometries(), eng.dtype, eng.device)
+    cache = eng.model.new_cache()
     cache.reserve(max(len(encoded), len(ids) + canvas_length))
     hidden = eng.model.encode(torch.tensor([encoded], device=eng.device), 0, cache, return_hidden=True)
     cache.length = len(ids)
@@ -145,7 +146,7 @@ def logit_differences(
     if not prompts:
         raise ValueError("logit_differences needs at least one prompt")
     exact = load(path, device=device, dtype=EXACT_DTYPE)
-    serving = load(path, device=device, dtype=serving_dtype)
+    serving = load(path, device=device, dtype=serving_dtype, mode="serving")
     config = exact.config
     if canvases is None:
         canvases = noise_canvases(len(prompts), config.canvas_length, config.vocab_size, seed)
@@ -164,11 +165,11 @@ def logit_differences(
         sc_logits = None
         for name, eng in (("exact", exact), ("serving", serving)):
             cache, hidden = _encode(eng, ids, canvas.shape[1])
-            start = len(ids)
-            step_one = eng.model.decode(canvas, start, cache, None)
+            decode = _decoder(eng, cache, len(ids))
+            step_one = decode(canvas, None)
             if sc_logits is None:  # the exact model runs first: its step-1 logits are both models' SC input
                 sc_logits = step_one / temperature
-            conditioned = eng.model.decode(canvas, start, cache, sc_logits.to(eng.dtype))
+            conditioned = decode(canvas, sc_logits.to(eng.dtype))
             logits[name] = {"encoder": eng.model.logits(hidden), "decoder": step_one, "decoder_sc": conditioned}
         for part in PARTS:
             parts[part].add(logits["exact"][part], logits["serving"][part])
@@ -179,6 +180,22 @@ def logit_differences(
         "prompt_tokens": sum(len(ids) for ids in prompts),
         "parts": {part: differences.summary() for part, differences in parts.items()},
     }
+
+
+def _decoder(eng: Engine, cache: KVCache, start: int):
+    """decode(canvas, sc_logits or None) after the `start` prompt positions of `cache`, as the engine's mode runs
+    it: exact mode's decoder on the cache, serving mode's over the shared prompt cache (engine.serving)."""
+    if eng.mode == "exact":
+        return lambda canvas, sc_logits: eng.model.decode(canvas, start, cache, sc_logits)
+
+    def decode(canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
+        store = SharedPrefixKV.over(cache, start, canvas.shape[0], canvas.shape[1])
+        if sc_logits is None:  # the serving step's first step: a zero signal
+            return eng.model.decode_shared(canvas, store, torch.zeros(*canvas.shape, eng.config.vocab_size,
+                                           dtype=eng.dtype, device=eng.device), torch.zeros(canvas.shape[0]))
+        return eng.model.decode_shared(canvas, store, sc_logits, torch.ones(canvas.shape[0]))
+
+    return decode
 
 
 def _paired(differences: list[float]) -> tuple[float, float]:
@@ -193,6 +210,7 @@ def paired_quality(
     *,
     serving_dtype: str | torch.dtype = SERVING_DTYPE,
     device: str = "cpu",
+    compile: bool = False,
     **generation_overrides: Any,
 ) -> dict[str, Any]:
     """Every hole completed in exact mode and in serving mode, with the same per-hole seed, through `Engine.infill`.
@@ -202,11 +220,16 @@ def paired_quality(
     SUFFIX_CHARS of its suffix. Returns each mode's mean edit similarity and exact match (and seconds), the paired
     difference serving - exact of both with its standard error, and ``within_noise``: whether the edit-similarity
     difference is at most 2 standard errors. `generation_overrides` (e.g. max_denoising_steps) apply to both modes.
+    `compile` compiles serving mode's denoising step first (waited for), as a server runs once it is ready.
     """
     if len(holes) < 2:
         raise ValueError("paired_quality needs at least 2 holes (a standard error needs two differences)")
     modes = {"exact": (load(path, device=device, dtype=EXACT_DTYPE), EXACT_SAMPLING),
-             "serving": (load(path, device=device, dtype=serving_dtype), SERVING_SAMPLING)}
+             "serving": (load(path, device=device, dtype=serving_dtype, mode="serving", compile=compile),
+                         SERVING_SAMPLING)}
+    if compile:  # serving mode as it runs once its step is compiled (compiling starts on the first hole's shape)
+        modes["serving"][0].warm_up(max(len(ids) for ids in hole_prompts(path, holes)))
+        modes["serving"][0].denoising_step.wait()
     per_hole: list[dict[str, Any]] = []
     seconds = dict.fromkeys(modes, 0.0)
     for index, hole in enumerate(holes):
@@ -224,6 +247,8 @@ def paired_quality(
     for name, (eng, sampling) in modes.items():
         summary[name] = {
             "dtype": str(eng.dtype).removeprefix("torch."),
+            "mode": eng.mode,
+            "compiled": eng.denoising_step.compile,
             "sampling": sampling,
             "edit_similarity": statistics.fmean(row[name]["edit_similarity"] for row in per_hole),
             "exact_match": statistics.fmean(float(row[name]["exact_match"]) for row in per_hole),

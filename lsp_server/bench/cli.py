@@ -32,7 +32,7 @@ from lsp_server.bench.runner import run_benchmark
 from lsp_server.bench.sandbox import Sandbox, SandboxLimits
 from lsp_server.bench.tasks import (DATA_ENV_VAR, HUMANEVAL_FILES, InfillTask, draw_repo_holes, load_humaneval,
                                     resolve_data_dir, sample_tasks)
-from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP
+from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP, ENGINE_MODE_HELP, ENGINE_MODES, NO_COMPILE_HELP
 
 DEFAULT_TASK = "single-line"
 DEFAULT_REPO_HOLES = 100
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="same as --completer direct")
     backend.add_argument("--model", help="checkpoint directory or name for the back-end")
     backend.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+    backend.add_argument("--engine-mode", choices=ENGINE_MODES, default="serving", help=ENGINE_MODE_HELP)
+    backend.add_argument("--no-compile", action="store_true", help=NO_COMPILE_HELP)
     backend.add_argument("--baseline", choices=BASELINES,
                          help="also generate each task's prompt with the engine and with transformers' reference "
                               "generate() on the same checkpoint: speed ratio and token agreement (needs "
@@ -137,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
                         python=args.sandbox_python))
                     session["sandbox_python"] = sandbox.python
                 settings = CompleterSettings(backend=args.completer, model=args.model, seed=args.seed,
-                                             dtype=args.dtype, server_log=out_dir / SERVER_LOG_FILE)
+                                             dtype=args.dtype, engine_mode=args.engine_mode,
+                                             compile=not args.no_compile, server_log=out_dir / SERVER_LOG_FILE)
                 baseline = None
                 if args.baseline:  # before the back-end: a missing transformers is found without waiting for it
                     baseline = make_baseline(args.baseline, settings)

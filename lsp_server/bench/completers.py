@@ -70,6 +70,8 @@ class CompleterSettings:
     model: str | None  # checkpoint directory or name (--model); None: the back-end's default
     seed: int  # for back-ends that sample
     dtype: str = "auto"  # the server setting (auto: bfloat16 where the CPU multiplies it natively)
+    engine_mode: str = "serving"  # the server settings engineMode and compile
+    compile: bool = True
     server_log: Path | None = None  # the server back-end's log file; None: discarded
 
 
@@ -122,13 +124,15 @@ def task_document(task: InfillTask) -> Document:
 
 def load_pipeline(settings: CompleterSettings) -> tuple[InfillPipeline, Settings]:
     """The server's pipeline on the checkpoint the settings name, with the server settings it runs under."""
-    from lsp_server.pipeline import InfillPipeline, load_engine
+    from lsp_server.pipeline import InfillPipeline, load_engine, warm_up
     from lsp_server.settings import Settings
 
-    server_settings = Settings(seed=settings.seed, dtype=settings.dtype,
-                               **({"model": settings.model} if settings.model else {}))
+    server_settings = Settings(seed=settings.seed, dtype=settings.dtype, engine_mode=settings.engine_mode,
+                               compile=settings.compile, **({"model": settings.model} if settings.model else {}))
     try:
-        return InfillPipeline(load_engine(server_settings)), server_settings
+        loaded = load_engine(server_settings)
+        warm_up(loaded, server_settings)
+        return InfillPipeline(loaded), server_settings
     except (engine.CheckpointError, ValueError) as exc:
         raise BenchError(f"cannot load the model: {exc}") from None
 
@@ -224,7 +228,8 @@ class ServerCompleter:
         command = [sys.executable, "-m", "lsp_server", "--stdio", "--log-file", log_file]
         if settings.model:
             command += ["--model", settings.model]
-        options = {"seed": settings.seed, "dtype": settings.dtype, "canvasNotifications": False}
+        options = {"seed": settings.seed, "dtype": settings.dtype, "engineMode": settings.engine_mode,
+                   "compile": settings.compile, "canvasNotifications": False}
         try:
             try:
                 self._run(self._start(command, options), self.READY_TIMEOUT_S)

@@ -98,6 +98,9 @@ class ServeConfig:
     api_key: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    engine_mode: str = "serving"
+    compile: bool = True
+    quantization: str | None = None
     threads: int = 1  # the model's intra-op threads
 
 
@@ -125,7 +128,9 @@ class LoadedModel:
 
     @classmethod
     def load(cls, config: ServeConfig) -> LoadedModel:
-        loaded = load_engine(Settings(model=config.model, device=config.device, dtype=config.dtype))
+        loaded = load_engine(Settings(model=config.model, device=config.device, dtype=config.dtype,
+                                      engine_mode=config.engine_mode, compile=config.compile,
+                                      quantization=config.quantization))
         chosen = prompt_format(text_tokenizer(loaded))  # fails here, at load, for a tokenizer that cannot infill
         # text_tokenizer() sets the shared tokenizer to read "<eos>" in source code as text; a client that sends
         # a laid-out prompt as text ("<bos><fim_prefix>...") needs those strings parsed, so it gets its own copy.

@@ -33,7 +33,8 @@ def _positive(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lsp_server.settings import DTYPE_CHOICES, DTYPE_HELP
+    from lsp_server.settings import (DTYPE_CHOICES, DTYPE_HELP, ENGINE_MODE_HELP, ENGINE_MODES, NO_COMPILE_HELP,
+                                     QUANTIZATION_HELP, QUANTIZATIONS)
 
     parser = argparse.ArgumentParser(
         prog="diffgemma-serve",
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "if set, else no key); /health stays open")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
+    parser.add_argument("--engine-mode", choices=ENGINE_MODES, default="serving", help=ENGINE_MODE_HELP)
+    parser.add_argument("--no-compile", action="store_true", help=NO_COMPILE_HELP)
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help=QUANTIZATION_HELP)
     parser.add_argument("--threads", type=_positive,
                         help="the model's intra-op threads (default: every core this process may use but one, "
                              "at least one)")
@@ -93,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if "://" in args.model:  # the language server's remote models are URLs; this server only serves checkpoints
         parser.error(f"--model must be a checkpoint directory or {EMBEDDED_MODEL!r}, not a URL ({args.model})")
-    settings, problems = apply_changes(Settings(), {"model": args.model, "device": args.device, "dtype": args.dtype})
+    settings, problems = apply_changes(Settings(), {"model": args.model, "device": args.device, "dtype": args.dtype,
+                                                    "engineMode": args.engine_mode, "compile": not args.no_compile,
+        "quantization": args.quantization})
     if problems:
         parser.error("; ".join(problems))
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
@@ -103,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         api_key=api_key or None,
         device=settings.device,
         dtype=settings.dtype,
+        engine_mode=settings.engine_mode,
+        compile=settings.compile,
+        quantization=settings.quantization,
         threads=intra_op_threads(args.threads),
     )
     try:
@@ -120,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     logger.info("serving %s as %r on %s (%d threads, %s)", config.model, config.served_model_name, url(host, port),
                 config.threads, "API key required" if config.api_key else "no API key")
     server.run(sockets=[sock])
-    sys.exit(0 if server.started else 1)
+    # Immediately, as the language server does: a compilation still running in the background would otherwise
+    # hold the exit until it finishes (engine.serving).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if server.started else 1)
 
 
 if __name__ == "__main__":

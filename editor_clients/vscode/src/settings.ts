@@ -22,6 +22,12 @@ export interface ServerSettings {
   model: string;
   device: string;
   dtype: string | null;
+  /** "serving" (shared prompt cache, compiled static-shape step) or "exact" (the reference's bits). */
+  engineMode: string;
+  /** Compile the serving step in the background (eager until ready; cached on disk). */
+  compile: boolean;
+  /** Experts quantised while loading ("int4-g32", "int4-g64", "fp8"); null: as the checkpoint stores them. */
+  quantization: string | null;
   enabledLanguages: string[];
   candidates: number;
   documentCandidates: number;
@@ -54,6 +60,9 @@ export const SERVER_SETTINGS = [
   'model',
   'device',
   'dtype',
+  'engineMode',
+  'compile',
+  'quantization',
   'enabledLanguages',
   'candidates',
   'documentCandidates',
@@ -108,6 +117,9 @@ export function serverSettings(config: ConfigurationReader, storedApiKey?: strin
     model: config.get<string>('model') || 'embedded',
     device: config.get<string>('device') || 'auto',
     dtype: dtype === 'auto' ? null : dtype,
+    engineMode: config.get<string>('engineMode') || 'serving',
+    compile: config.get<boolean>('compile') ?? true,
+    quantization: optionalText(config.get<string | null>('quantization')),
     enabledLanguages: [...(config.get<string[]>('enabledLanguages') ?? ['*'])],
     candidates: config.get<number>('candidates') ?? 1,
     documentCandidates: config.get<number>('documentCandidates') ?? 4,

@@ -32,7 +32,8 @@ M.defaults = {
 -- The server's settings (lsp_server/settings.py), camelCase on the wire. The last five are for a remote model
 -- (model = a server's base URL, e.g. 'http://gpu-box:8000/v1').
 M.server_settings = {
-  'model', 'device', 'dtype', 'canvasLength', 'maxPromptTokens', 'maxNewTokens', 'denoisingSteps',
+  'model', 'device', 'dtype', 'engineMode', 'compile', 'quantization',
+  'canvasLength', 'maxPromptTokens', 'maxNewTokens', 'denoisingSteps',
   'candidates', 'documentCandidates', 'rerank', 'seed', 'threads', 'enabledLanguages', 'cacheSize',
   'canvasNotifications',
   'apiKey', 'remoteModel', 'requestTimeout', 'tlsVerify', 'tokenizer',

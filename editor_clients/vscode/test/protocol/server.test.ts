@@ -140,7 +140,7 @@ before(async () => {
   assert.ok(existsSync(PYTHON), `no Python at ${PYTHON}; set DIFFGEMMA_TEST_PYTHON`);
   const config = reader({
     'server.command': PYTHON,
-    'server.args': ['-m', 'lsp_server'],
+    'server.args': ['-m', 'lsp_server', '--no-compile'],
     model: modelDirectory(),
     device: 'cpu',
     showDenoisingCanvas: true,

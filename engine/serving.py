@@ -1,0 +1,284 @@
+"""Serving mode: block diffusion with a static-shape, sync-free denoising step that torch.compile takes whole.
+
+Exact mode (`engine.generate.generate_blocks`) draws the reference's random stream with its kernels, bit for bit.
+Serving mode runs the same model and sampler, not the same bits:
+- every candidate row reads the prompt's KV cache in place (`SharedPrefixKV`): no per-request copy of the prompt;
+- one step is decoder + sampler + acceptance + renoising + early-stop bookkeeping (`denoising_step`). Positions
+  and temperatures are tensors and every slot is chosen by a mask, so its shapes depend only on the batch, the
+  cache's buckets and the canvas: one graph, compiled once per shape, reused for every prompt, canvas and step;
+- a canvas's random numbers are drawn before its first step (the step itself needs no generator), by inverse CDF;
+- the loop's only host read is whether every row has stopped, taken one step late on CUDA (`StopCheck`).
+
+`DenoisingStep` compiles the step in a background thread the first time a shape is seen (eager until then) and
+torch's compile caches keep the artifacts on disk, so a restart does not compile again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+from engine.cache import KVCache, SharedPrefixKV
+from engine.config import GenerationConfig
+from engine.generate import BatchOutput, GenerationCancelled, StepEvent, batch_output, finalize_canvas
+from engine.model import DiffusionGemma
+from engine.sampler import entropy_bound_acceptance, inverse_cdf_sample, temperature_schedule
+
+log = logging.getLogger(__name__)
+
+
+class StepState(NamedTuple):
+    """What one denoising step hands the next, for every row of the batch."""
+
+    canvas: torch.Tensor  # [B, C] the tokens the decoder reads
+    argmax: torch.Tensor  # [B, C] the current best guess
+    sc_logits: torch.Tensor  # [B, C, V] the previous step's tempered logits (self-conditioning)
+    sc_mask: torch.Tensor  # [B] 0 before the first step: no self-conditioning signal yet
+    done: torch.Tensor  # [B] rows that stopped early (they keep their state)
+    history: torch.Tensor  # [stability, B, C] the last argmax canvases, oldest first
+
+    @classmethod
+    def initial(cls, canvas: torch.Tensor, vocab: int, dtype: torch.dtype, stability: int) -> "StepState":
+        batch, length = canvas.shape
+        device = canvas.device
+        # argmax is a copy: a step compiled for distinct tensors would recompile on aliased ones
+        return cls(canvas, canvas.clone(), torch.zeros(batch, length, vocab, dtype=dtype, device=device),
+                   torch.zeros(batch, dtype=dtype, device=device), torch.zeros(batch, dtype=torch.bool, device=device),
+                   torch.full((stability, batch, length), -1, dtype=torch.long, device=device))
+
+
+def denoising_step(model: DiffusionGemma, store: SharedPrefixKV, state: StepState, temperature: torch.Tensor,
+                   uniform: torch.Tensor, noise: torch.Tensor, entropy_bound: float,
+                   confidence: float | None) -> tuple[StepState, torch.Tensor]:
+    """One denoising step of every row; returns the next state and the positions whose sample was kept.
+
+    The reference sampler: tempered logits, a sample per position, entropy-bound acceptance, fresh noise elsewhere,
+    and (with `confidence`) a row stops once its argmax canvas repeats the last `stability` ones and its mean
+    entropy is below `confidence`. A row that stopped keeps its canvas, argmax and self-conditioning logits.
+    """
+    logits = model.decode_shared(state.canvas, store, state.sc_logits, state.sc_mask) / temperature
+    probs = torch.softmax(logits, dim=-1)
+    entropy = torch.special.entr(probs).sum(dim=-1)
+    accepted = entropy_bound_acceptance(entropy, entropy_bound)
+    canvas = torch.where(accepted, inverse_cdf_sample(probs, uniform), noise)
+    argmax = logits.argmax(dim=-1)
+    stopped = state.done[:, None]
+    canvas = torch.where(stopped, state.canvas, canvas)
+    argmax = torch.where(stopped, state.argmax, argmax)
+    sc_logits = torch.where(stopped[..., None], state.sc_logits, logits.to(state.sc_logits.dtype))
+    done, history = state.done, state.history
+    if confidence is not None:
+        stable = (history == argmax[None]).all(dim=-1).all(dim=0)
+        if history.shape[0]:
+            history = torch.cat([history[1:], argmax[None]])
+        done = done | (stable & (entropy.mean(dim=-1) < confidence))
+    return StepState(canvas, argmax, sc_logits, torch.ones_like(state.sc_mask), done, history), accepted
+
+
+StepFunction = Callable[[SharedPrefixKV, StepState, torch.Tensor, torch.Tensor, torch.Tensor, float, "float | None"],
+                        tuple[StepState, torch.Tensor]]
+
+
+def compile_cache_dir() -> Path:
+    """Where torch keeps compiled artifacts across restarts ($TORCHINDUCTOR_CACHE_DIR, else the user cache)."""
+    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "diffgemma-lsp" / "torch-compile"
+
+
+class DenoisingStep:
+    """`denoising_step` for one model: compiled (fullgraph, static shapes) per input shape, eager until then.
+
+    A shape is compiled in a background thread the first time it is met (or when `prepare` announces it), by
+    running the compiled step once on copies of that call's inputs; until it is ready, and while any compilation
+    runs, calls take the eager step, so compiling never stalls a request and only one thread is ever inside
+    torch.compile. `compile=False` is always eager.
+    """
+
+    def __init__(self, model: DiffusionGemma, compile: bool):
+        self.model = model
+        self.compile = compile
+        self._compiled = None
+        self._ready: set[tuple] = set()
+        self._failed: set[tuple] = set()
+        self._compiling: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.compile_seconds: dict[tuple, float] = {}
+        if compile:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+
+    def eager(self, *args) -> tuple[StepState, torch.Tensor]:
+        return denoising_step(self.model, *args)
+
+    def __call__(self, store: SharedPrefixKV, state: StepState, *args) -> tuple[StepState, torch.Tensor]:
+        if not self.compile:
+            return self.eager(store, state, *args)
+        key = _shape_key(store, state, args)
+        with self._lock:
+            ready = key in self._ready and self._compiling is None
+            if key not in self._ready and key not in self._failed and self._compiling is None:
+                self._start_compiling(key, store, state, args)
+        return self._compiled(store, state, *args) if ready else self.eager(store, state, *args)
+
+    @property
+    def compiling(self) -> bool:
+        return self._compiling is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the compilation in flight (if any) has finished."""
+        thread = self._compiling
+        if thread is not None:
+            thread.join(timeout)
+
+    def _start_compiling(self, key: tuple, store: SharedPrefixKV, state: StepState, args: tuple) -> None:
+        if self._compiled is None:
+            self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False)
+        copies = _clone((store, state, args))  # the request goes on with its own tensors
+        thread = threading.Thread(target=self._compile, args=(key, copies), name="diffgemma-compile", daemon=True)
+        self._compiling = thread
+        thread.start()
+        # A process that ends while torch compiles on a daemon thread aborts ("terminate called without an active
+        # exception"): a normal interpreter exit waits for the compilation instead (os._exit does not).
+        atexit.register(thread.join)
+
+    def _compile(self, key: tuple, copies) -> None:
+        started = time.perf_counter()
+        store, state, args = copies
+        try:
+            with torch.inference_mode():
+                self._compiled(store, state, *args)
+        except Exception:  # a failed compilation leaves that shape eager, never the request broken
+            if threading.main_thread().is_alive():  # (at interpreter exit, compiling fails by design: no report)
+                log.exception("compiling the denoising step failed; serving this shape eagerly")
+            with self._lock:
+                self._failed.add(key)
+                self._compiling = None
+            return
+        with self._lock:
+            self.compile_seconds[key] = time.perf_counter() - started
+            self._ready.add(key)
+            self._compiling = None
+
+
+def _shape_key(store: SharedPrefixKV, state: StepState, args: tuple) -> tuple:
+    shapes = tuple(tuple(t.shape) for t in (*store.prefix_keys, *store.tail_keys, state.sc_logits, state.history))
+    return shapes, tuple(a for a in args if not isinstance(a, torch.Tensor))
+
+
+def _clone(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_clone(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value)
+    return value
+
+
+class StopCheck:
+    """Whether every row has stopped, read without stalling the device.
+
+    On CUDA the host reads the previous step's flag (copied to pinned memory behind that step), so it queues step
+    k+1 before it knows step k's answer: at most one extra step runs, and rows that stopped ignore it. On the CPU
+    there is no device to wait for, and the current flag is read.
+    """
+
+    def __init__(self, device: torch.device):
+        self.lagged = device.type == "cuda"
+        self._pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+
+    def __call__(self, done: torch.Tensor) -> bool:
+        if not self.lagged:
+            return bool(done.all())
+        flag = done.all().to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        previous, self._pending = self._pending, (flag, event)
+        if previous is None:
+            return False
+        previous[1].synchronize()
+        return bool(previous[0])
+
+
+def generate_shared(
+    model: DiffusionGemma,
+    cache: KVCache,
+    prompt_length: int,
+    batch: int,
+    config: GenerationConfig,
+    generator: torch.Generator,
+    step: DenoisingStep,
+    on_step: Callable[[StepEvent], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> BatchOutput:
+    """Serving mode's `generate_blocks`: `batch` rows after the first `prompt_length` positions of `cache` (batch 1,
+    never written: each row's committed canvases go to its own tail)."""
+    device = cache.device
+    vocab, canvas_length = model.config.vocab_size, model.config.canvas_length
+    blocks = math.ceil(config.max_new_tokens / canvas_length)
+    steps = config.max_denoising_steps
+    store = SharedPrefixKV.over(cache, prompt_length, batch, blocks * canvas_length)
+    if config.t_min is not None and config.t_max is not None:
+        temperatures = temperature_schedule(steps, config.t_min, config.t_max, device)
+    else:
+        temperatures = torch.ones(steps, device=device)
+    stops = config.stability_threshold is not None and config.confidence_threshold is not None
+    stability = config.stability_threshold if stops else 0
+    confidence = config.confidence_threshold if stops else None
+    eos = torch.tensor(config.eos_token_id, device=device) if config.eos_token_id else None
+    sc_dtype = model.embed_tokens.weight.dtype
+
+    def check_cancelled() -> None:
+        if cancelled is not None and cancelled():
+            raise GenerationCancelled()
+
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    forwards_per_row = torch.zeros(batch, dtype=torch.int, device=device)
+    committed: list[torch.Tensor] = []
+    decoder_forwards = 0
+    encoder_seconds = decoder_seconds = 0.0
+    for block in range(blocks):
+        check_cancelled()
+        if committed:
+            started = time.perf_counter()
+            model.encode_shared(committed[-1], store)
+            store = store._replace(tail_length=store.tail_length + canvas_length)
+            encoder_seconds += time.perf_counter() - started
+
+        started = time.perf_counter()
+        shape = (batch, canvas_length)
+        state = StepState.initial(torch.randint(0, vocab, shape, device=device, generator=generator), vocab,
+                                  sc_dtype, stability)
+        uniforms = torch.rand((steps, *shape), device=device, generator=generator)
+        noises = torch.randint(0, vocab, (steps, *shape), device=device, generator=generator)
+        all_stopped = StopCheck(device)
+        for index in range(steps):
+            check_cancelled()
+            forwards_per_row += ~(state.done | finished)
+            decoder_forwards += 1
+            state, accepted = step(store, state, temperatures[index], uniforms[index], noises[index],
+                                   config.entropy_bound, confidence)
+            if on_step is not None:
+                on_step(StepEvent(block, index + 1, steps, state.argmax, accepted, state.done))
+            if all_stopped(state.done):
+                break
+        decoder_seconds += time.perf_counter() - started
+
+        block_tokens = state.argmax.clone()
+        finished = finalize_canvas(block_tokens, finished, eos, config.pad_token_id)
+        committed.append(block_tokens)
+        if bool(finished.all()):
+            break
+
+    return batch_output(committed, forwards_per_row, config.pad_token_id, decoder_forwards, encoder_seconds,
+                        decoder_seconds)

@@ -1,0 +1,218 @@
+"""Serving mode (engine.serving): the windowed prompt cache, the shared-prefix store, the static-shape step.
+
+The prompt cache's sliding layers keep a bounded window and must give the bits of a cache that keeps everything;
+serving mode's store reads that cache in place for every row and must give exact mode's logits within float
+rounding, with a sliding window shorter than the prompt and over several canvases; its denoising step must be one
+graph that is never recompiled across steps, canvases and prompt lengths within a bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from checkpoints import _initialise, tiny_config
+from engine.cache import KVCache, SharedPrefixKV, capacity_bucket
+from engine.config import FULL, SLIDING, GenerationConfig
+from engine.engine import PROMPT_CHUNK, Engine
+from engine.model import DiffusionGemma
+from engine.serving import DenoisingStep, StepState, denoising_step
+
+WINDOW = 16
+VOCAB = 96
+CANVAS = 8
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusionGemma:
+    config = replace(tiny_config(VOCAB, canvas_length=CANVAS, num_layers=3), sliding_window=WINDOW,
+                     layer_types=(SLIDING, SLIDING, FULL))
+    built = DiffusionGemma(config)
+    _initialise(built, seed=0)
+    built.fuse_projections()
+    return built.eval()
+
+
+def ids(length: int, seed: int, batch: int = 1) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def generation(**overrides) -> GenerationConfig:
+    settings = dict(max_new_tokens=CANVAS, max_denoising_steps=4, eos_token_id=(1,), pad_token_id=0,
+                    t_min=0.4, t_max=0.8, entropy_bound=0.1)
+    return GenerationConfig(**{**settings, **overrides})
+
+
+def test_capacity_buckets_are_powers_of_two():
+    assert [capacity_bucket(n) for n in (0, 1, 256, 257, 600, 1024, 1025)] == [256, 256, 256, 512, 1024, 1024, 2048]
+
+
+@torch.inference_mode()
+def test_sliding_layers_compact_and_give_the_bits_of_a_cache_that_keeps_everything(model):
+    """35 canvases after a 21-token prompt: the sliding buffers compact (their oldest positions go) and every
+    canvas's logits are bit-identical to a cache without windows."""
+    windowed = model.new_cache()
+    keep_all = KVCache(1, model.cache_geometries(), torch.float32, torch.device("cpu"))
+    to_encode = ids(21, seed=1)
+    for block in range(35):
+        canvas = ids(CANVAS, seed=100 + block)
+        outputs = []
+        for cache in (windowed, keep_all):
+            cache.reserve(to_encode.shape[1] + CANVAS)
+            model.encode(to_encode, cache.length, cache)
+            cache.length += to_encode.shape[1]
+            outputs.append(model.decode(canvas, cache.length, cache, None))
+        assert torch.equal(outputs[0], outputs[1]), f"canvas {block}"
+        to_encode = canvas
+    sliding = [layer for layer, window in enumerate(windowed.windows) if window is not None]
+    assert sliding and all(windowed.bases[layer] > 0 for layer in sliding)
+    assert all(windowed.keys[layer].shape[2] < keep_all.keys[layer].shape[2] for layer in sliding)
+    # A crop back within the retained margin still works; one past the dropped positions does not.
+    assert windowed.can_crop(windowed.length - WINDOW) and not windowed.can_crop(WINDOW)
+    with pytest.raises(ValueError, match="cannot crop"):
+        windowed.crop(WINDOW)
+
+
+def test_a_prompt_diverging_before_the_window_is_encoded_again(model):
+    """The engine's shared-prefix reuse falls back to a full encode when the sliding layers no longer hold the
+    shared part: the tokens are those of a fresh engine."""
+    long_prompt = ids(PROMPT_CHUNK + 100, seed=2)[0].tolist()  # two chunks: the sliding layers compact
+    diverging = long_prompt[:40] + ids(30, seed=3)[0].tolist()
+    reused = Engine(model, generation(), mode="serving")
+    reused.generate(long_prompt, seed=0)
+    assert not reused._prefix_cache.can_crop(40)
+    again = reused.generate(diverging, seed=5)
+    fresh = Engine(model, generation(), mode="serving").generate(diverging, seed=5)
+    assert again.encoded_prompt_tokens == len(diverging) and again.tokens == fresh.tokens
+
+
+@pytest.mark.parametrize("prompt_length", [5, 21, 40])
+@torch.inference_mode()
+def test_shared_prefix_store_gives_exact_modes_logits(model, prompt_length):
+    """Three rows over one batch-1 prompt cache (never copied) against exact mode's per-row copy: the decoder with
+    and without self-conditioning, a committed canvas, and the next canvas, with prompts shorter and longer than the
+    window."""
+    batch = 3
+    cache = model.new_cache()
+    cache.reserve(prompt_length)
+    model.encode(ids(prompt_length, seed=4), 0, cache)
+    cache.length = prompt_length
+    exact = cache.expanded(batch, 2 * CANVAS)
+    store = SharedPrefixKV.over(cache, prompt_length, batch, 2 * CANVAS)
+    prefix_before = [k.clone() for k in cache.keys]
+
+    canvas = ids(CANVAS, seed=5, batch=batch)
+    first = model.decode(canvas, prompt_length, exact, None)
+    torch.testing.assert_close(model.decode_shared(canvas, store, torch.zeros_like(first), torch.zeros(batch)),
+                               first, rtol=0, atol=2e-5)
+    second = model.decode(canvas, prompt_length, exact, first)
+    torch.testing.assert_close(model.decode_shared(canvas, store, first, torch.ones(batch)), second,
+                               rtol=0, atol=2e-5)
+
+    model.encode(canvas, prompt_length, exact)
+    exact.length += CANVAS
+    hidden = model.encode_shared(canvas, store)
+    store = store._replace(tail_length=store.tail_length + CANVAS)
+    assert hidden.shape == (batch, CANVAS, model.config.hidden_size)
+    following = ids(CANVAS, seed=6, batch=batch)
+    torch.testing.assert_close(model.decode_shared(following, store, second, torch.ones(batch)),
+                               model.decode(following, prompt_length + CANVAS, exact, second), rtol=0, atol=2e-5)
+    assert all(torch.equal(before, after) for before, after in zip(prefix_before, cache.keys))
+
+
+def test_serving_and_exact_modes_score_candidates_alike(model):
+    """The reranker's likelihoods: rows over the shared prompt cache vs exact mode's copies."""
+    prompt = ids(30, seed=7)[0].tolist()
+    candidates = [ids(n, seed=8 + n)[0].tolist() for n in (1, 4, 9)]
+    exact = Engine(model, generation(), mode="exact").continuation_log_likelihoods(prompt, candidates)
+    serving = Engine(model, generation(), mode="serving").continuation_log_likelihoods(prompt, candidates)
+    assert serving == pytest.approx(exact, abs=1e-4)
+
+
+def test_serving_generation_is_reproducible_and_ends_at_eos(model):
+    eng = Engine(model, generation(max_new_tokens=3 * CANVAS), mode="serving")
+    prompt = ids(25, seed=9)[0].tolist()
+    first = eng.generate(prompt, seed=11, num_candidates=3)
+    assert eng.generate(prompt, seed=11, num_candidates=3).candidates == first.candidates
+    assert len(first.candidates) == 3 and all(len(row) % CANVAS == 0 for row in first.candidates)
+    for row in first.candidates:  # everything after a row's first EOS is padding
+        if 1 in row:
+            assert all(token == 0 for token in row[row.index(1) + 1:])
+    assert eng._prefix_cache.length == len(prompt)  # the rows committed their canvases to their own tails
+
+
+def _step_inputs(model: DiffusionGemma, cache: KVCache, prompt_length: int, batch: int, seed: int):
+    store = SharedPrefixKV.over(cache, prompt_length, batch, 2 * CANVAS)
+    generator = torch.Generator().manual_seed(seed)
+    canvas = torch.randint(0, VOCAB, (batch, CANVAS), generator=generator)
+    state = StepState.initial(canvas, VOCAB, torch.float32, stability=1)
+    return store, state, generator
+
+
+def _draws(generator: torch.Generator, batch: int):
+    return (torch.tensor(0.7), torch.rand(batch, CANVAS, generator=generator),
+            torch.randint(0, VOCAB, (batch, CANVAS), generator=generator), 0.1, 0.005)
+
+
+@torch.inference_mode()
+def test_the_denoising_step_is_one_graph_never_recompiled(model):
+    """torch.compile (dynamo, fullgraph) sees one graph without breaks, and with recompiles made errors the same
+    compiled step runs every step of two canvases of three prompts of different lengths in one bucket."""
+    import torch._dynamo
+
+    cache = model.new_cache()
+    cache.reserve(200)
+    model.encode(ids(60, seed=12), 0, cache)
+    cache.length = 60
+    store, state, generator = _step_inputs(model, cache, 60, 2, seed=0)
+
+    def step(store, state, *draws):
+        return denoising_step(model, store, state, *draws)
+
+    explanation = torch._dynamo.explain(step)(store, state, *_draws(generator, 2))
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="eager", fullgraph=True, dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for prompt_length in (60, 17, 44):
+            store, state, generator = _step_inputs(model, cache, prompt_length, 2, seed=prompt_length)
+            for block in range(2):
+                if block:
+                    model.encode_shared(state.argmax, store)
+                    store = store._replace(tail_length=store.tail_length + CANVAS)
+                    state = StepState.initial(state.argmax, VOCAB, torch.float32, stability=1)
+                for _ in range(3):
+                    state, accepted = compiled(store, state, *_draws(generator, 2))
+    assert accepted.dtype == torch.bool and state.done.shape == (2,)
+    torch._dynamo.reset()
+
+
+def test_the_step_compiles_in_the_background_and_matches_eager(model, tmp_path, monkeypatch):
+    """A real inductor compilation on a background thread: calls are eager until it is ready, then compiled,
+    with the eager step's tokens and logits within bf16-free float rounding."""
+    import torch._dynamo
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    step = DenoisingStep(model, compile=True)
+    with torch.inference_mode():
+        cache = model.new_cache()
+        cache.reserve(40)
+        model.encode(ids(40, seed=13), 0, cache)
+        cache.length = 40
+        store, state, generator = _step_inputs(model, cache, 40, 1, seed=1)
+        draws = _draws(generator, 1)
+        eager, _ = step.eager(store, state, *draws)
+        first, _ = step(store, state, *draws)  # starts compiling; this call ran eagerly
+        assert step.compiling or step.compile_seconds
+        step.wait(timeout=600)
+        assert not step.compiling and list(step.compile_seconds.values())[0] > 0
+        compiled, _ = step(store, state, *draws)
+    assert torch.equal(first.canvas, eager.canvas)
+    torch.testing.assert_close(compiled.sc_logits, eager.sc_logits, rtol=1e-4, atol=1e-4)
+    assert (compiled.argmax == eager.argmax).float().mean() > 0.9
+    assert any((tmp_path / "inductor").iterdir())  # the artifacts went to the cache directory
+    torch._dynamo.reset()
