@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from engine.kernels.attention import shared_prefix_attention
+from engine.kernels.flash_attention import flash_attention, flash_available
 
 MIN_CAPACITY = 256
 
@@ -176,22 +177,41 @@ class SharedPrefixKV(NamedTuple):
         return self.prefix_length + self.tail_length
 
     def attend(self, layer: int, layer_type: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               causal: bool) -> torch.Tensor:
-        """Write k/v at the tails' next slots and attend to [prefix ; tail]: causally (the encoder committing a
-        canvas) or bidirectionally (the decoder; the canvas is written, not committed)."""
+               causal: bool, by_positions: bool | None = None) -> torch.Tensor:
+        """Attend to [prefix ; tail ; k/v]: causally, writing k/v into the tails' next slots (the encoder committing
+        a canvas), or bidirectionally without writing anything (the decoder: its canvas is not committed, and a
+        step that mutates none of its inputs can be captured as a CUDA graph).
+
+        `by_positions` (default: on CUDA with Triton) hands the visibility rules to `flash_attention` as key
+        positions instead of building masks."""
         length, device = q.shape[2], q.device
         slots = self.tail_length + torch.arange(length, device=device)
-        self.tail_keys[layer].index_copy_(2, slots, k)
-        self.tail_values[layer].index_copy_(2, slots, v)
+        own_keys, own_values = self.tail_keys[layer], self.tail_values[layer]
+        if causal:
+            own_keys.index_copy_(2, slots, k)
+            own_values.index_copy_(2, slots, v)
+        else:
+            own_keys, own_values = torch.cat([own_keys, k], dim=2), torch.cat([own_values, v], dim=2)
         query_positions = (self.prefix_length + slots)[:, None]
         prefix_positions = self.prefix_bases[layer] + torch.arange(self.prefix_keys[layer].shape[2], device=device)
-        tail_slots = torch.arange(self.tail_keys[layer].shape[2], device=device)
-        tail_positions = self.prefix_length + tail_slots
+        capacity = self.tail_keys[layer].shape[2]
+        own_slots = torch.arange(own_keys.shape[2], device=device)
+        # The committed tail, then (decoding) the canvas behind the buffer: its positions follow the committed ones.
+        tail_positions = self.prefix_length + torch.where(own_slots < capacity, own_slots,
+                                                          own_slots - capacity + self.tail_length)
         prefix_visible = (prefix_positions < self.prefix_length)[None]
-        tail_visible = (tail_slots < self.tail_length + length)[None]
         if causal:
-            tail_visible = tail_visible & (tail_positions[None] <= query_positions)
+            tail_visible = ((own_slots < self.tail_length + length)[None]
+                            & (tail_positions[None] <= query_positions))
+        else:
+            tail_visible = ((own_slots < self.tail_length) | (own_slots >= capacity))[None]
         window = self.windows[layer]
+        if by_positions if by_positions is not None else q.is_cuda and flash_available():
+            # The Triton kernel takes the same rules as positions (-1: an empty slot) and tiles the keys itself.
+            prefix_positions = torch.where(prefix_visible[0], prefix_positions, -1)
+            own_positions = torch.where(tail_visible.any(dim=0), tail_positions, -1)
+            return flash_attention(q, own_keys, own_values, query_positions[:, 0], own_positions, causal, window,
+                                   prefix=(self.prefix_keys[layer], self.prefix_values[layer], prefix_positions))
         if window is not None:
             # Keys newer than `position - W`: per query when encoding, from the canvas start when decoding (the
             # reference decoder reads the last W-1 positions before the canvas, and the whole canvas).
@@ -199,4 +219,4 @@ class SharedPrefixKV(NamedTuple):
             prefix_visible = prefix_visible & (prefix_positions[None] > oldest)
             tail_visible = tail_visible & (tail_positions[None] > oldest)
         return shared_prefix_attention(q, self.prefix_keys[layer], self.prefix_values[layer], prefix_visible,
-                                       self.tail_keys[layer], self.tail_values[layer], tail_visible)
+                                       own_keys, own_values, tail_visible)

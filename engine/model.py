@@ -21,6 +21,7 @@ from torch import nn
 from engine.cache import KVCache, SharedPrefixKV
 from engine.config import FULL, ModelConfig
 from engine.kernels import apply_rope, attention, moe_experts, rms_norm, scale_unit, unit_rms_norm
+from engine.kernels.flash_attention import flash_attention, flash_available
 
 
 class RMSNorm(nn.Module):
@@ -271,8 +272,12 @@ class DiffusionGemma(nn.Module):
         return torch.tensor(self.embed_scale, dtype=torch.float32).to(dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.capped_logits(self.norm(hidden))
+
+    def capped_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """fp32 soft-capped logits of the final-normed hidden states (the tied embedding as the head)."""
         cap = self.config.final_logit_softcapping
-        logits = F.linear(self.norm(hidden), self.embed_tokens.weight).float()
+        logits = F.linear(normed, self.embed_tokens.weight).float()
         return torch.tanh(logits / cap) * cap
 
     def encoder_mask(self, layer_type: str, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
@@ -308,6 +313,10 @@ class DiffusionGemma(nn.Module):
             first_key = max(0, start - self.window + 1) if layer_type != FULL and self.config.encoder_is_causal else 0
             keys, values = store.encoder_keys_values(layer, start, k, v, first_key)
             key_index = torch.arange(first_key, start + length, device=ids.device)
+            if q.is_cuda and flash_available() and key_padding is None and self.config.encoder_is_causal:
+                # SDPA's flash backends stop at head_dim 256: the full layers' 512 would fall to its math path.
+                window = self.window if layer_type != FULL else None
+                return flash_attention(q, keys, values, index, key_index, True, window)
             mask = self.encoder_mask(layer_type, index, key_index)
             if key_padding is not None:
                 # Every query keeps its own key, so a padding row is never fully masked (which would give NaN).
@@ -332,11 +341,20 @@ class DiffusionGemma(nn.Module):
     def self_conditioned_embedding(
         self, canvas: torch.Tensor, sc_logits: torch.Tensor | None, sc_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        signal = None if sc_logits is None else self.self_conditioning_signal(sc_logits)
+        return self.signal_conditioned_embedding(canvas, signal, sc_mask)
+
+    def self_conditioning_signal(self, sc_logits: torch.Tensor) -> torch.Tensor:
+        """softmax(previous logits)·E: the expected embedding under the previous step's distribution."""
+        weight = self.embed_tokens.weight
+        return torch.softmax(sc_logits, dim=-1, dtype=torch.float32).to(weight.dtype) @ weight
+
+    def signal_conditioned_embedding(
+        self, canvas: torch.Tensor, signal: torch.Tensor | None, sc_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         e = self.embed(canvas)
-        if sc_logits is not None:
-            weight = self.embed_tokens.weight
-            soft = torch.softmax(sc_logits, dim=-1, dtype=torch.float32).to(weight.dtype) @ weight
-            soft = soft * self.scale_as(e.dtype)
+        if signal is not None:
+            soft = signal.to(e.dtype) * self.scale_as(e.dtype)
             if sc_mask is not None:  # training: examples without self-conditioning get a zero signal
                 soft = soft * sc_mask.to(soft.dtype)[:, None, None]
             sc = self.self_conditioning
@@ -371,17 +389,19 @@ class DiffusionGemma(nn.Module):
         x = self.self_conditioned_embedding(canvas, sc_logits, sc_mask)
         return self.logits(self.run_layers(x, tables, attend, encoder=False))
 
-    def decode_shared(self, canvas: torch.Tensor, store: SharedPrefixKV, sc_logits: torch.Tensor,
+    def decode_shared(self, canvas: torch.Tensor, store: SharedPrefixKV, signal: torch.Tensor,
                       sc_mask: torch.Tensor) -> torch.Tensor:
-        """Serving mode's decoder: `decode` at the store's next position over [shared prompt ; row tail ; canvas].
+        """Serving mode's decoder: `decode` at the store's next position over [shared prompt ; row tail ; canvas],
+        self-conditioned on `signal` (`self_conditioning_signal` of the previous step); returns the final-normed
+        hidden states [B, C, H] (the head and the sampler are the caller's, possibly fused).
 
         Static shapes for torch.compile: the position is a tensor and the first step passes zero `sc_mask` rows
-        (with a zero signal the self-conditioning MLP adds exactly 0) instead of no logits.
+        (with a zero signal the self-conditioning MLP adds exactly 0) instead of no signal.
         """
         positions = store.next_position + torch.arange(canvas.shape[1], device=canvas.device)
         tables = self.rotary(positions, self.embed_tokens.weight.dtype)
-        x = self.self_conditioned_embedding(canvas, sc_logits, sc_mask)
-        return self.logits(self.run_layers(x, tables, partial(store.attend, causal=False), encoder=False))
+        x = self.signal_conditioned_embedding(canvas, signal, sc_mask)
+        return self.norm(self.run_layers(x, tables, partial(store.attend, causal=False), encoder=False))
 
     def encode_shared(self, ids: torch.Tensor, store: SharedPrefixKV) -> torch.Tensor:
         """Serving mode's encoder for tokens after the shared prompt (a committed canvas, a candidate to score):

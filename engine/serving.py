@@ -30,6 +30,7 @@ from engine.cache import KVCache, SharedPrefixKV
 from engine.config import GenerationConfig
 from engine.generate import BatchOutput, GenerationCancelled, StepEvent, batch_output, finalize_canvas
 from engine.model import DiffusionGemma
+from engine.kernels.head_sampler import fused_head_available, fused_head_sample
 from engine.sampler import entropy_bound_acceptance, inverse_cdf_sample, temperature_schedule
 
 log = logging.getLogger(__name__)
@@ -40,51 +41,56 @@ class StepState(NamedTuple):
 
     canvas: torch.Tensor  # [B, C] the tokens the decoder reads
     argmax: torch.Tensor  # [B, C] the current best guess
-    sc_logits: torch.Tensor  # [B, C, V] the previous step's tempered logits (self-conditioning)
+    signal: torch.Tensor  # [B, C, H] softmax(previous tempered logits)·E: the self-conditioning signal
     sc_mask: torch.Tensor  # [B] 0 before the first step: no self-conditioning signal yet
     done: torch.Tensor  # [B] rows that stopped early (they keep their state)
     history: torch.Tensor  # [stability, B, C] the last argmax canvases, oldest first
 
     @classmethod
-    def initial(cls, canvas: torch.Tensor, vocab: int, dtype: torch.dtype, stability: int) -> "StepState":
+    def initial(cls, canvas: torch.Tensor, hidden: int, dtype: torch.dtype, stability: int) -> "StepState":
         batch, length = canvas.shape
         device = canvas.device
         # argmax is a copy: a step compiled for distinct tensors would recompile on aliased ones
-        return cls(canvas, canvas.clone(), torch.zeros(batch, length, vocab, dtype=dtype, device=device),
+        return cls(canvas, canvas.clone(), torch.zeros(batch, length, hidden, dtype=dtype, device=device),
                    torch.zeros(batch, dtype=dtype, device=device), torch.zeros(batch, dtype=torch.bool, device=device),
                    torch.full((stability, batch, length), -1, dtype=torch.long, device=device))
 
 
 def denoising_step(model: DiffusionGemma, store: SharedPrefixKV, state: StepState, temperature: torch.Tensor,
-                   uniform: torch.Tensor, noise: torch.Tensor, entropy_bound: float,
-                   confidence: float | None) -> tuple[StepState, torch.Tensor]:
+                   uniform: torch.Tensor, seed: torch.Tensor, noise: torch.Tensor, entropy_bound: float,
+                   confidence: float | None, fused_head: bool = False) -> tuple[StepState, torch.Tensor]:
     """One denoising step of every row; returns the next state and the positions whose sample was kept.
 
     The reference sampler: tempered logits, a sample per position, entropy-bound acceptance, fresh noise elsewhere,
     and (with `confidence`) a row stops once its argmax canvas repeats the last `stability` ones and its mean
-    entropy is below `confidence`. A row that stopped keeps its canvas, argmax and self-conditioning logits.
+    entropy is below `confidence`. A row that stopped keeps its canvas, argmax and self-conditioning signal.
+    With `fused_head` (CUDA) the head and the sampler run fused over vocabulary tiles (engine.kernels.head_sampler:
+    a Gumbel-max sample drawn from `seed`, no [C, V] logits); otherwise they sample by inverse CDF with `uniform`.
     """
-    logits = model.decode_shared(state.canvas, store, state.sc_logits, state.sc_mask) / temperature
-    probs = torch.softmax(logits, dim=-1)
-    entropy = torch.special.entr(probs).sum(dim=-1)
+    normed = model.decode_shared(state.canvas, store, state.signal, state.sc_mask)
+    if fused_head:
+        head = fused_head_sample(normed, model.embed_tokens.weight, model.config.final_logit_softcapping,
+                                 temperature, seed)
+        entropy, argmax, sample, signal = head.entropy, head.argmax, head.sample, head.self_conditioning
+    else:
+        logits = model.capped_logits(normed) / temperature
+        probs = torch.softmax(logits, dim=-1)
+        entropy = torch.special.entr(probs).sum(dim=-1)
+        argmax, sample = logits.argmax(dim=-1), inverse_cdf_sample(probs, uniform)
+        signal = probs.to(state.signal.dtype) @ model.embed_tokens.weight
     accepted = entropy_bound_acceptance(entropy, entropy_bound)
-    canvas = torch.where(accepted, inverse_cdf_sample(probs, uniform), noise)
-    argmax = logits.argmax(dim=-1)
+    canvas = torch.where(accepted, sample, noise)
     stopped = state.done[:, None]
     canvas = torch.where(stopped, state.canvas, canvas)
     argmax = torch.where(stopped, state.argmax, argmax)
-    sc_logits = torch.where(stopped[..., None], state.sc_logits, logits.to(state.sc_logits.dtype))
+    signal = torch.where(stopped[..., None], state.signal, signal.to(state.signal.dtype))
     done, history = state.done, state.history
     if confidence is not None:
         stable = (history == argmax[None]).all(dim=-1).all(dim=0)
         if history.shape[0]:
             history = torch.cat([history[1:], argmax[None]])
         done = done | (stable & (entropy.mean(dim=-1) < confidence))
-    return StepState(canvas, argmax, sc_logits, torch.ones_like(state.sc_mask), done, history), accepted
-
-
-StepFunction = Callable[[SharedPrefixKV, StepState, torch.Tensor, torch.Tensor, torch.Tensor, float, "float | None"],
-                        tuple[StepState, torch.Tensor]]
+    return StepState(canvas, argmax, signal, torch.ones_like(state.sc_mask), done, history), accepted
 
 
 def compile_cache_dir() -> Path:
@@ -97,7 +103,8 @@ def compile_cache_dir() -> Path:
 
 
 class DenoisingStep:
-    """`denoising_step` for one model: compiled (fullgraph, static shapes) per input shape, eager until then.
+    """`denoising_step` for one model: compiled (fullgraph, static shapes; CUDA graphs on CUDA) per input shape,
+    eager until then.
 
     A shape is compiled in a background thread the first time it is met (or when `prepare` announces it), by
     running the compiled step once on copies of that call's inputs; until it is ready, and while any compilation
@@ -105,20 +112,24 @@ class DenoisingStep:
     torch.compile. `compile=False` is always eager.
     """
 
-    def __init__(self, model: DiffusionGemma, compile: bool):
+    def __init__(self, model: DiffusionGemma, compile: bool, fused_head: bool | None = None):
         self.model = model
         self.compile = compile
+        # The fused head + sampler kernel where it can run (None: wherever available).
+        device = model.embed_tokens.weight.device
+        self.fused_head = fused_head_available(device) if fused_head is None else fused_head
         self._compiled = None
         self._ready: set[tuple] = set()
         self._failed: set[tuple] = set()
         self._compiling: threading.Thread | None = None
         self._lock = threading.Lock()
         self.compile_seconds: dict[tuple, float] = {}
+        self.cuda_graphs = compile and model.embed_tokens.weight.device.type == "cuda"
         if compile:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
 
     def eager(self, *args) -> tuple[StepState, torch.Tensor]:
-        return denoising_step(self.model, *args)
+        return denoising_step(self.model, *args, fused_head=self.fused_head)
 
     def __call__(self, store: SharedPrefixKV, state: StepState, *args) -> tuple[StepState, torch.Tensor]:
         if not self.compile:
@@ -128,7 +139,17 @@ class DenoisingStep:
             ready = key in self._ready and self._compiling is None
             if key not in self._ready and key not in self._failed and self._compiling is None:
                 self._start_compiling(key, store, state, args)
-        return self._compiled(store, state, *args) if ready else self.eager(store, state, *args)
+        if ready:
+            try:
+                if self.cuda_graphs:  # the previous step's outputs are this step's inputs; older ones are dropped
+                    torch.compiler.cudagraph_mark_step_begin()
+                return self._compiled(store, state, *args)
+            except Exception:  # e.g. a CUDA graph that cannot be recorded: this shape runs eagerly from now on
+                log.exception("the compiled denoising step failed; serving this shape eagerly")
+                with self._lock:
+                    self._ready.discard(key)
+                    self._failed.add(key)
+        return self.eager(store, state, *args)
 
     @property
     def compiling(self) -> bool:
@@ -142,7 +163,10 @@ class DenoisingStep:
 
     def _start_compiling(self, key: tuple, store: SharedPrefixKV, state: StepState, args: tuple) -> None:
         if self._compiled is None:
-            self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False)
+            # On CUDA the compiled step is also replayed as a CUDA graph (one launch per step): the step mutates
+            # none of its inputs (engine.cache.SharedPrefixKV.attend) and its shapes are static.
+            self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False,
+                                           mode="reduce-overhead" if self.cuda_graphs else None)
         copies = _clone((store, state, args))  # the request goes on with its own tensors
         thread = threading.Thread(target=self._compile, args=(key, copies), name="diffgemma-compile", daemon=True)
         self._compiling = thread
@@ -171,7 +195,7 @@ class DenoisingStep:
 
 
 def _shape_key(store: SharedPrefixKV, state: StepState, args: tuple) -> tuple:
-    shapes = tuple(tuple(t.shape) for t in (*store.prefix_keys, *store.tail_keys, state.sc_logits, state.history))
+    shapes = tuple(tuple(t.shape) for t in (*store.prefix_keys, *store.tail_keys, state.signal, state.history))
     return shapes, tuple(a for a in args if not isinstance(a, torch.Tensor))
 
 
@@ -257,16 +281,17 @@ def generate_shared(
 
         started = time.perf_counter()
         shape = (batch, canvas_length)
-        state = StepState.initial(torch.randint(0, vocab, shape, device=device, generator=generator), vocab,
-                                  sc_dtype, stability)
+        state = StepState.initial(torch.randint(0, vocab, shape, device=device, generator=generator),
+                                  model.config.hidden_size, sc_dtype, stability)
         uniforms = torch.rand((steps, *shape), device=device, generator=generator)
+        seeds = torch.randint(0, 2**31 - 1, (steps,), device=device, generator=generator)
         noises = torch.randint(0, vocab, (steps, *shape), device=device, generator=generator)
         all_stopped = StopCheck(device)
         for index in range(steps):
             check_cancelled()
             forwards_per_row += ~(state.done | finished)
             decoder_forwards += 1
-            state, accepted = step(store, state, temperatures[index], uniforms[index], noises[index],
+            state, accepted = step(store, state, temperatures[index], uniforms[index], seeds[index], noises[index],
                                    config.entropy_bound, confidence)
             if on_step is not None:
                 on_step(StepEvent(block, index + 1, steps, state.argmax, accepted, state.done))

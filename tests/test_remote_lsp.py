@@ -90,6 +90,8 @@ async def test_cancel_request_mid_stream_frees_the_remote_engine(tmp_path_factor
                 await asyncio.sleep(0.02)
         steps_seen = len([c for c in client.canvases if c["requestId"] == "long"])
         assert steps_seen < 16 * 64  # it stopped far before the run's 16 canvases of 64 steps
+        # One canvas for the next request: a whole 16-canvas run of this model takes about the request timeout.
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxNewTokens": 16}))
         await fresh_request(client, 0)
         assert await served_completions(url) == 1  # the next request is served
         await stop_client(client)

@@ -103,13 +103,18 @@ def test_shared_prefix_store_gives_exact_modes_logits(model, prompt_length):
     store = SharedPrefixKV.over(cache, prompt_length, batch, 2 * CANVAS)
     prefix_before = [k.clone() for k in cache.keys]
 
+    def shared_logits(canvas, store, sc_logits):
+        if sc_logits is None:
+            signal, mask = torch.zeros(batch, CANVAS, model.config.hidden_size), torch.zeros(batch)
+        else:
+            signal, mask = model.self_conditioning_signal(sc_logits), torch.ones(batch)
+        return model.capped_logits(model.decode_shared(canvas, store, signal, mask))
+
     canvas = ids(CANVAS, seed=5, batch=batch)
     first = model.decode(canvas, prompt_length, exact, None)
-    torch.testing.assert_close(model.decode_shared(canvas, store, torch.zeros_like(first), torch.zeros(batch)),
-                               first, rtol=0, atol=2e-5)
+    torch.testing.assert_close(shared_logits(canvas, store, None), first, rtol=0, atol=2e-5)
     second = model.decode(canvas, prompt_length, exact, first)
-    torch.testing.assert_close(model.decode_shared(canvas, store, first, torch.ones(batch)), second,
-                               rtol=0, atol=2e-5)
+    torch.testing.assert_close(shared_logits(canvas, store, first), second, rtol=0, atol=2e-5)
 
     model.encode(canvas, prompt_length, exact)
     exact.length += CANVAS
@@ -117,9 +122,34 @@ def test_shared_prefix_store_gives_exact_modes_logits(model, prompt_length):
     store = store._replace(tail_length=store.tail_length + CANVAS)
     assert hidden.shape == (batch, CANVAS, model.config.hidden_size)
     following = ids(CANVAS, seed=6, batch=batch)
-    torch.testing.assert_close(model.decode_shared(following, store, second, torch.ones(batch)),
+    torch.testing.assert_close(shared_logits(following, store, second),
                                model.decode(following, prompt_length + CANVAS, exact, second), rtol=0, atol=2e-5)
     assert all(torch.equal(before, after) for before, after in zip(prefix_before, cache.keys))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@torch.inference_mode()
+def test_the_store_hands_flash_attention_the_same_rules_as_positions(model, causal):
+    """What runs on CUDA (key positions for the flash kernel; here its torch reference) against the masks."""
+    batch, layers = 2, range(model.config.num_layers)
+    cache = model.new_cache()
+    cache.reserve(40)
+    model.encode(ids(40, seed=14), 0, cache)
+    cache.length = 40
+    store = SharedPrefixKV.over(cache, 33, batch, 2 * CANVAS)
+    model.encode_shared(ids(CANVAS, seed=15, batch=batch), store)
+    store = store._replace(tail_length=store.tail_length + CANVAS)
+    generator = torch.Generator().manual_seed(16)
+    for layer in layers:
+        kv_heads, head_dim = cache.geometries[layer]
+        q = torch.randn(batch, 4, CANVAS, head_dim, generator=generator)
+        k, v = (torch.randn(batch, kv_heads, CANVAS, head_dim, generator=generator) for _ in range(2))
+        outputs = []
+        for by_positions in (False, True):
+            tails = [t.clone() for t in store.tail_keys], [t.clone() for t in store.tail_values]
+            trial = store._replace(tail_keys=tails[0], tail_values=tails[1])
+            outputs.append(trial.attend(layer, "", q, k, v, causal=causal, by_positions=by_positions))
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5)
 
 
 def test_serving_and_exact_modes_score_candidates_alike(model):
@@ -147,12 +177,12 @@ def _step_inputs(model: DiffusionGemma, cache: KVCache, prompt_length: int, batc
     store = SharedPrefixKV.over(cache, prompt_length, batch, 2 * CANVAS)
     generator = torch.Generator().manual_seed(seed)
     canvas = torch.randint(0, VOCAB, (batch, CANVAS), generator=generator)
-    state = StepState.initial(canvas, VOCAB, torch.float32, stability=1)
+    state = StepState.initial(canvas, model.config.hidden_size, torch.float32, stability=1)
     return store, state, generator
 
 
 def _draws(generator: torch.Generator, batch: int):
-    return (torch.tensor(0.7), torch.rand(batch, CANVAS, generator=generator),
+    return (torch.tensor(0.7), torch.rand(batch, CANVAS, generator=generator), torch.tensor(3),
             torch.randint(0, VOCAB, (batch, CANVAS), generator=generator), 0.1, 0.005)
 
 
@@ -183,7 +213,7 @@ def test_the_denoising_step_is_one_graph_never_recompiled(model):
                 if block:
                     model.encode_shared(state.argmax, store)
                     store = store._replace(tail_length=store.tail_length + CANVAS)
-                    state = StepState.initial(state.argmax, VOCAB, torch.float32, stability=1)
+                    state = StepState.initial(state.argmax, model.config.hidden_size, torch.float32, stability=1)
                 for _ in range(3):
                     state, accepted = compiled(store, state, *_draws(generator, 2))
     assert accepted.dtype == torch.bool and state.done.shape == (2,)
@@ -212,7 +242,7 @@ def test_the_step_compiles_in_the_background_and_matches_eager(model, tmp_path, 
         assert not step.compiling and list(step.compile_seconds.values())[0] > 0
         compiled, _ = step(store, state, *draws)
     assert torch.equal(first.canvas, eager.canvas)
-    torch.testing.assert_close(compiled.sc_logits, eager.sc_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled.signal, eager.signal, rtol=1e-4, atol=1e-4)
     assert (compiled.argmax == eager.argmax).float().mean() > 0.9
     assert any((tmp_path / "inductor").iterdir())  # the artifacts went to the cache directory
     torch._dynamo.reset()

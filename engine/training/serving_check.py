@@ -126,10 +126,12 @@ def logit_differences(
     canvases: Sequence[Sequence[int]] | None = None,
     *,
     serving_dtype: str | torch.dtype = SERVING_DTYPE,
+    serving_mode: str = "serving",
     device: str = "cpu",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Logits of the exact (float32) and the serving (`serving_dtype`) load of `path` on the same inputs.
+    """Logits of the exact (float32) and the serving (`serving_dtype`, `serving_mode`) load of `path` on the same
+    inputs.
 
     For each prompt (token ids) and its canvas (token ids; None: `noise_canvases` drawn with `seed`, the first
     denoising step's input), three parts are compared, each over every position and the whole vocabulary:
@@ -146,7 +148,7 @@ def logit_differences(
     if not prompts:
         raise ValueError("logit_differences needs at least one prompt")
     exact = load(path, device=device, dtype=EXACT_DTYPE)
-    serving = load(path, device=device, dtype=serving_dtype, mode="serving")
+    serving = load(path, device=device, dtype=serving_dtype, mode=serving_mode)
     config = exact.config
     if canvases is None:
         canvases = noise_canvases(len(prompts), config.canvas_length, config.vocab_size, seed)
@@ -189,11 +191,13 @@ def _decoder(eng: Engine, cache: KVCache, start: int):
         return lambda canvas, sc_logits: eng.model.decode(canvas, start, cache, sc_logits)
 
     def decode(canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
-        store = SharedPrefixKV.over(cache, start, canvas.shape[0], canvas.shape[1])
+        model, rows = eng.model, canvas.shape[0]
+        store = SharedPrefixKV.over(cache, start, rows, canvas.shape[1])
         if sc_logits is None:  # the serving step's first step: a zero signal
-            return eng.model.decode_shared(canvas, store, torch.zeros(*canvas.shape, eng.config.vocab_size,
-                                           dtype=eng.dtype, device=eng.device), torch.zeros(canvas.shape[0]))
-        return eng.model.decode_shared(canvas, store, sc_logits, torch.ones(canvas.shape[0]))
+            signal = torch.zeros(*canvas.shape, eng.config.hidden_size, dtype=eng.dtype, device=eng.device)
+            return model.capped_logits(model.decode_shared(canvas, store, signal, torch.zeros(rows)))
+        signal = model.self_conditioning_signal(sc_logits)
+        return model.capped_logits(model.decode_shared(canvas, store, signal, torch.ones(rows)))
 
     return decode
 
