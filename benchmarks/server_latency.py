@@ -13,8 +13,10 @@ end of a random code line) measures, from sending textDocument/inlineCompletion 
   typed-ahead  after typing the first character of the suggestion: its rest, no context, no model
 
 Each case is checked against the server's diffgemma/stats counters (a request that took another path is
-reported). Prints p50 / p90 / mean in milliseconds. The targets of issue 4 on this CPU with the embedded model
-are p50 <= 150 ms cold, <= 50 ms warm, <= 5 ms typed-ahead.
+reported). Prints p50 / p90 / mean in milliseconds. The server runs with its serving step compiled (unless
+--settings says '{"compile": false}'); measuring starts once the compilation it started at load is done, and the
+time to get there is printed. Targets (issue 14) on this CPU with the embedded model: p50 <= 100 ms cold,
+<= 60 ms warm, <= 5 ms typed-ahead.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from lsp_support import edit, inline, open_document, start_client, stats, stop_c
 
 URI = "file:///bench/module.py"
 LINES = 2000
-TARGETS_MS = {"cold": 150.0, "warm": 50.0, "typed-ahead": 5.0}
+TARGETS_MS = {"cold": 100.0, "warm": 60.0, "typed-ahead": 5.0}
 
 
 async def timed_inline(client, line: int, character: int) -> tuple[float, str | None]:
@@ -54,12 +56,18 @@ async def measure(args: argparse.Namespace) -> None:
     code_lines = [i for i, line in enumerate(lines) if line.strip() and not line.rstrip().endswith(":")]
     chosen = random.Random(args.seed).sample(code_lines, args.runs + 1)
 
-    client = await start_client(args.model, settings=args.settings, wait_for=None)
+    # The server as users run it: compiling its serving step (the test helpers' command line turns that off).
+    started = time.perf_counter()
+    client = await start_client(args.model, settings={"compile": True, **(args.settings or {})}, wait_for=None)
     while not client.statuses or client.statuses[-1]["state"] == "loading":
         await asyncio.sleep(0.05)
     if client.statuses[-1]["state"] == "error":
         raise SystemExit(f"the server could not load the model: {client.statuses[-1]['message']}")
     model = client.statuses[-1]["message"]
+    ready_s = time.perf_counter() - started
+    while (compilation := (await stats(client))["compilation"]) and compilation["compiling"]:
+        await asyncio.sleep(0.25)  # requests would run eagerly until then: measure the steady state
+    compiled_s = time.perf_counter() - started
     open_document(client, URI, "\n".join(lines))
     version = 1
 
@@ -100,6 +108,7 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"diffgemma-lsp inline completion latency over stdio: {len(lines)}-line Python file, "
           f"{args.runs} cursor positions, client-side wall time")
     print(f"model: {model}")
+    print(f"start: ready after {ready_s:.1f} s; step compilation {compilation} (done {compiled_s:.1f} s after start)")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
     print("| case        |   n | p50 ms | p90 ms | mean ms | target p50 | took another path |")
     print("|-------------|----:|-------:|-------:|--------:|-----------:|------------------:|")

@@ -20,7 +20,7 @@ from engine.kernels.quantize import SCHEMES
 from engine.loader import CheckpointError, build_model, stored_quantization
 from engine.model import DiffusionGemma
 from engine.quantized import weight_bytes
-from engine.serving import DenoisingStep, generate_shared
+from engine.serving import DenoisingStep, generate_shared, use_compile_cache_dir
 
 # Serving on the CPU in bf16/fp16, a prompt is encoded in whole buckets of this many tokens (see _encode_prompt).
 PROMPT_BUCKET = 32
@@ -120,6 +120,12 @@ class Engine:
         mode = self.mode + (", compiled" if self.denoising_step.compile else "")
         return (f"{self.path} on {self.device} ({dtype}, {mode} mode), {self.prompt_format} prompts, "
                 f"canvas {self.config.canvas_length}")
+
+    def compile_status(self) -> dict[str, Any]:
+        """Serving mode's step compilation: whether it is on, running, how many shapes are ready and their seconds."""
+        step = self.denoising_step
+        return {"enabled": step.compile, "compiling": step.compiling, "compiledShapes": len(step.compile_seconds),
+                "compileSeconds": [round(seconds, 1) for seconds in step.compile_seconds.values()]}
 
     def generation_settings(self, max_new_tokens: int | None = None, **overrides: Any) -> GenerationConfig:
         if max_new_tokens is not None:
@@ -386,6 +392,8 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: str | tor
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
+    if compile and mode == "serving":
+        use_compile_cache_dir()
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:

@@ -102,6 +102,13 @@ def compile_cache_dir() -> Path:
     return base / "diffgemma-lsp" / "torch-compile"
 
 
+def use_compile_cache_dir() -> None:
+    """Point torch's compile caches at `compile_cache_dir()` unless the user chose a directory. Early: torch fixes
+    the directory the first time it needs one (loading a checkpoint already does), in /tmp by default, which a
+    reboot empties."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+
+
 class DenoisingStep:
     """`denoising_step` for one model: compiled (fullgraph, static shapes; CUDA graphs on CUDA) per input shape,
     eager until then.
@@ -126,7 +133,7 @@ class DenoisingStep:
         self.compile_seconds: dict[tuple, float] = {}
         self.cuda_graphs = compile and model.embed_tokens.weight.device.type == "cuda"
         if compile:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+            use_compile_cache_dir()
 
     def eager(self, *args) -> tuple[StepState, torch.Tensor]:
         return denoising_step(self.model, *args, fused_head=self.fused_head)
@@ -168,15 +175,20 @@ class DenoisingStep:
             self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False,
                                            mode="reduce-overhead" if self.cuda_graphs else None)
         copies = _clone((store, state, args))  # the request goes on with its own tensors
-        thread = threading.Thread(target=self._compile, args=(key, copies), name="diffgemma-compile", daemon=True)
+        # OpenMP keeps its thread count per thread, and the compiled kernels are built for the compiling thread's:
+        # the caller's, not the default of every core.
+        threads = torch.get_num_threads()
+        thread = threading.Thread(target=self._compile, args=(key, copies, threads), name="diffgemma-compile",
+                                  daemon=True)
         self._compiling = thread
         thread.start()
         # A process that ends while torch compiles on a daemon thread aborts ("terminate called without an active
         # exception"): a normal interpreter exit waits for the compilation instead (os._exit does not).
         atexit.register(thread.join)
 
-    def _compile(self, key: tuple, copies) -> None:
+    def _compile(self, key: tuple, copies, threads: int) -> None:
         started = time.perf_counter()
+        torch.set_num_threads(threads)
         store, state, args = copies
         try:
             with torch.inference_mode():

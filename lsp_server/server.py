@@ -48,7 +48,7 @@ from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol, default_converter
 from pygls.protocol.language_server import lsp_method
 
-from engine import CanvasText, InfillResult
+from engine import CanvasText, Engine, InfillResult
 from lsp_server import VERSION
 from lsp_server.completion_cache import ResultCache, TypedAhead
 from lsp_server.completion_mode import CompletionMode
@@ -748,4 +748,5 @@ def _accept(server: DiffgemmaServer, completion_id: str) -> None:
 
 @SERVER.feature(STATS_REQUEST)
 def _stats(server: DiffgemmaServer, params: Any) -> dict[str, Any]:
-    return server.stats.to_wire(server.status.value)
+    model = server.pipeline.model if server.pipeline is not None else None
+    return server.stats.to_wire(server.status.value, model.compile_status() if isinstance(model, Engine) else None)

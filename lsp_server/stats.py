@@ -39,10 +39,12 @@ class Stats:
     # From request to answer, of the requests answered with a suggestion (empty answers take no time to speak of).
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
-    def to_wire(self, status: str) -> dict[str, Any]:
+    def to_wire(self, status: str, compilation: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The counters in wire form; `compilation` is the local engine's `compile_status()` (None: remote)."""
         latencies = sorted(self.latencies_ms)
         return {
             "status": status,
+            "compilation": compilation,
             "requests": self.requests,
             "modelRuns": self.model_runs,
             "cacheHits": self.cache_hits,
