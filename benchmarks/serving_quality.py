@@ -1,7 +1,8 @@
 """Serving mode against exact mode: the same model? Logit differences on the same inputs, quality paired by hole.
 
     OMP_NUM_THREADS=1 python benchmarks/serving_quality.py [--model embedded|PATH] [--random-checkpoint]
-        [--corpus runs/corpus] [--holes 200] [--logit-prompts 16] [--dtype auto] [--seed 0]
+        [--corpus runs/corpus] [--holes 200] [--logit-prompts 16] [--dtype auto] [--seed 0] [--no-compile]
+        [--quantization [SCHEME ...]]
 
 Exact mode is float32 with the reference's random stream (sampling "reference", bit-identical to transformers);
 serving mode is the language server's: --dtype (auto: bfloat16 on CPUs with bf16 instructions) with sampling
@@ -35,7 +36,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import engine  # noqa: E402
 from checkpoints import FIXTURES, build_checkpoint  # noqa: E402
 from engine.config import load_configs  # noqa: E402
-from engine.training.serving_check import PARTS, hole_prompts, logit_differences, paired_quality  # noqa: E402
+from engine.kernels.quantize import SCHEMES  # noqa: E402
+from engine.training.serving_check import (  # noqa: E402
+    PARTS, hole_prompts, logit_differences, paired_quality, quantization_quality,
+)
 from engine.training.evaluate import held_out_holes  # noqa: E402
 from engine.training.fim import choose_hole  # noqa: E402
 
@@ -93,6 +97,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="serving mode's dtype (the server's setting)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-compile", action="store_true", help="serving mode's step eager (default: compiled, waited for)")
+    parser.add_argument("--quantization", nargs="*", metavar="SCHEME",
+                        help="also pair serving mode with quantised experts (int4-g32 int4-g64 fp8; no scheme: all "
+                             "three) against unquantised experts on the same holes")
     args = parser.parse_args()
 
     threads = os.environ.get("OMP_NUM_THREADS")
@@ -104,7 +111,7 @@ def main() -> None:
         if args.random_checkpoint:
             checkpoints.append(("random tiny", build_checkpoint(Path(scratch) / "random", kind="random")))
 
-        logit_rows, quality_rows = [], []
+        logit_rows, quality_rows, quantized_rows = [], [], []
         for name, path in checkpoints:
             canvas_length = load_configs(path)[0].canvas_length
             if has_corpus:
@@ -117,6 +124,9 @@ def main() -> None:
                 holes = held_out_holes(args.corpus, args.holes, canvas_length, args.seed)
                 quality_rows.append((name, paired_quality(path, holes, args.seed, serving_dtype=args.dtype,
                                                           compile=not args.no_compile)))
+                if args.quantization is not None:
+                    quantized_rows.append((name, quantization_quality(
+                        path, holes, args.seed, schemes=args.quantization or SCHEMES, dtype=args.dtype)))
 
     source = f"held-out holes of {args.corpus}" if has_corpus else "holes of tests/fixtures/sample.py (no corpus)"
     print(f"## Logits, exact / serving, on the same inputs ({args.logit_prompts} prompts: {source}, "
@@ -132,6 +142,23 @@ def main() -> None:
         return
     print(f"## Paired quality on {args.holes} held-out holes, seed {args.seed} (hole i: seed + i in both modes)\n")
     quality_table(quality_rows)
+    if quantized_rows:
+        print(f"\n## Quantised experts against unquantised ones, serving mode, the same {args.holes} holes and "
+              f"random stream\n")
+        quantization_table(quantized_rows)
+
+
+def quantization_table(rows: list[tuple[str, dict]]) -> None:
+    print("| checkpoint | experts | edit similarity | exact match | Δ edit similarity | std. error | within noise "
+          "| same middles | seconds |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|")
+    for name, result in rows:
+        for variant, m in result["variants"].items():
+            paired = (f"{m['edit_similarity_difference']:+.4f} | {m['edit_similarity_standard_error']:.4f} | "
+                      f"{'yes' if m['within_noise'] else 'NO'} | {m['same_middles']:.2f}"
+                      if "edit_similarity_difference" in m else " |  |  | ")
+            print(f"| {name} | {variant} | {m['edit_similarity']:.4f} | {m['exact_match']:.3f} | {paired} "
+                  f"| {m['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

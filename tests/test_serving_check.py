@@ -5,7 +5,7 @@ import math
 import pytest
 
 from checkpoints import cached_checkpoint
-from engine.training.serving_check import PARTS, hole_prompts, logit_differences, paired_quality
+from engine.training.serving_check import PARTS, hole_prompts, logit_differences, paired_quality, quantization_quality
 from engine.training.fim import Hole
 
 # Handmade holes (short, so the prompts and the test stay small).
@@ -116,3 +116,16 @@ def test_paired_quality_of_a_model_whose_answer_is_known(tmp_path_factory):
 def test_paired_quality_needs_two_holes(random_checkpoint):
     with pytest.raises(ValueError, match="at least 2 holes"):
         paired_quality(random_checkpoint, HOLES[:1])
+
+
+def test_quantization_quality_pairs_each_scheme_with_the_unquantised_model(random_checkpoint):
+    result = quantization_quality(random_checkpoint, HOLES, seed=5, schemes=("int4-g32", "fp8"))
+    variants = result["variants"]
+    assert list(variants) == ["unquantised", "int4-g32", "fp8"] and result["holes"] == len(HOLES)
+    assert "edit_similarity_difference" not in variants["unquantised"]
+    for scheme in ("int4-g32", "fp8"):
+        figures = variants[scheme]
+        assert figures["mode"] == "serving" and 0.0 <= figures["edit_similarity"] <= 1.0
+        assert math.isclose(figures["edit_similarity_difference"],
+                            figures["edit_similarity"] - variants["unquantised"]["edit_similarity"], abs_tol=1e-12)
+        assert 0.0 <= figures["same_middles"] <= 1.0 and figures["edit_similarity_standard_error"] >= 0.0

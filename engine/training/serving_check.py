@@ -234,6 +234,46 @@ def paired_quality(
     if compile:  # serving mode as it runs once its step is compiled (compiling starts on the first hole's shape)
         modes["serving"][0].warm_up(max(len(ids) for ids in hole_prompts(path, holes)))
         modes["serving"][0].denoising_step.wait()
+    per_hole, seconds = _complete_holes(modes, holes, seed, generation_overrides)
+    summary: dict[str, Any] = {"holes": len(holes), "seed": seed}
+    for name, (eng, sampling) in modes.items():
+        summary[name] = _mode_summary(eng, sampling, per_hole, name, seconds[name])
+    summary.update(_paired_summary(per_hole, "serving", "exact"), per_hole=per_hole)
+    return summary
+
+
+def quantization_quality(
+    path: str | Path,
+    holes: Sequence[HoleLike],
+    seed: int = 0,
+    *,
+    schemes: Sequence[str] = ("int4-g32", "int4-g64", "fp8"),
+    dtype: str | torch.dtype = SERVING_DTYPE,
+    device: str = "cpu",
+    **generation_overrides: Any,
+) -> dict[str, Any]:
+    """Every hole completed by serving mode with unquantised experts and with each scheme's (engine.loader's
+    quantization), same seeds and same random stream, so that a hole's middles differ only where the quantised
+    numbers change a choice. Per variant: edit similarity, exact match, and the paired difference to the
+    unquantised load with its standard error (``within_noise``: at most 2 standard errors)."""
+    if len(holes) < 2:
+        raise ValueError("quantization_quality needs at least 2 holes (a standard error needs two differences)")
+    modes = {"unquantised": (load(path, device=device, dtype=dtype, mode="serving"), SERVING_SAMPLING)}
+    for scheme in schemes:
+        modes[scheme] = (load(path, device=device, dtype=dtype, mode="serving", quantization=scheme),
+                         SERVING_SAMPLING)
+    per_hole, seconds = _complete_holes(modes, holes, seed, generation_overrides)
+    variants = {}
+    for name, (eng, sampling) in modes.items():
+        variants[name] = _mode_summary(eng, sampling, per_hole, name, seconds[name])
+        if name != "unquantised":
+            variants[name].update(_paired_summary(per_hole, name, "unquantised"))
+    return {"holes": len(holes), "seed": seed, "variants": variants}
+
+
+def _complete_holes(modes: dict[str, tuple[Engine, str]], holes: Sequence[HoleLike], seed: int,
+                    generation_overrides: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Each hole through every mode's `Engine.infill`, hole i with seed `seed + i` and evaluate.py's prompt cuts."""
     per_hole: list[dict[str, Any]] = []
     seconds = dict.fromkeys(modes, 0.0)
     for index, hole in enumerate(holes):
@@ -246,30 +286,34 @@ def paired_quality(
             row[name] = {"middle": middle, "edit_similarity": edit_similarity(middle, hole.middle),
                          "exact_match": exact_match(middle, hole.middle)}
         per_hole.append(row)
+    return per_hole, seconds
 
-    summary: dict[str, Any] = {"holes": len(holes), "seed": seed}
-    for name, (eng, sampling) in modes.items():
-        summary[name] = {
-            "dtype": str(eng.dtype).removeprefix("torch."),
-            "mode": eng.mode,
-            "compiled": eng.denoising_step.compile,
-            "sampling": sampling,
-            "edit_similarity": statistics.fmean(row[name]["edit_similarity"] for row in per_hole),
-            "exact_match": statistics.fmean(float(row[name]["exact_match"]) for row in per_hole),
-            "seconds": seconds[name],
-        }
+
+def _mode_summary(eng: Engine, sampling: str, per_hole: list[dict[str, Any]], name: str,
+                  seconds: float) -> dict[str, Any]:
+    return {
+        "dtype": str(eng.dtype).removeprefix("torch."),
+        "mode": eng.mode,
+        "compiled": eng.denoising_step.compile,
+        "sampling": sampling,
+        "edit_similarity": statistics.fmean(row[name]["edit_similarity"] for row in per_hole),
+        "exact_match": statistics.fmean(float(row[name]["exact_match"]) for row in per_hole),
+        "seconds": seconds,
+    }
+
+
+def _paired_summary(per_hole: list[dict[str, Any]], name: str, baseline: str) -> dict[str, Any]:
+    """`name` - `baseline` per hole: edit similarity and exact match, their standard errors, the same-middle rate."""
     similarity, similarity_error = _paired(
-        [row["serving"]["edit_similarity"] - row["exact"]["edit_similarity"] for row in per_hole])
+        [row[name]["edit_similarity"] - row[baseline]["edit_similarity"] for row in per_hole])
     match, match_error = _paired(
-        [float(row["serving"]["exact_match"]) - float(row["exact"]["exact_match"]) for row in per_hole])
-    summary.update(
-        edit_similarity_difference=similarity,
-        edit_similarity_standard_error=similarity_error,
-        within_noise=abs(similarity) <= 2 * similarity_error,
-        exact_match_difference=match,
-        exact_match_standard_error=match_error,
-        exact_match_within_noise=abs(match) <= 2 * match_error,
-        same_middles=sum(row["exact"]["middle"] == row["serving"]["middle"] for row in per_hole) / len(per_hole),
-        per_hole=per_hole,
-    )
-    return summary
+        [float(row[name]["exact_match"]) - float(row[baseline]["exact_match"]) for row in per_hole])
+    return {
+        "edit_similarity_difference": similarity,
+        "edit_similarity_standard_error": similarity_error,
+        "within_noise": abs(similarity) <= 2 * similarity_error,
+        "exact_match_difference": match,
+        "exact_match_standard_error": match_error,
+        "exact_match_within_noise": abs(match) <= 2 * match_error,
+        "same_middles": sum(row[baseline]["middle"] == row[name]["middle"] for row in per_hole) / len(per_hole),
+    }
