@@ -507,7 +507,7 @@ class Bench:
     def serving_compiled(self, workload: Workload, canvas: int) -> None:
         key = ("serving compiled", workload.precision, canvas)
         model, cache, prompt = workload.model, workload.serving_cache, self.args.prompt_tokens
-        step = DenoisingStep(model, compile=True)
+        step = DenoisingStep(model, compile=True, fused_head=self.args.fused_head)
         errors, known = len(self.errors.records), set(step.compile_seconds)
         started = self.report.running_since = time.perf_counter()
         self.report.running = key
@@ -571,7 +571,7 @@ class Bench:
             if precision == dense:
                 for canvas in args.canvas:
                     self.exact_eager(workload, canvas)
-            step = DenoisingStep(workload.model, compile=False)
+            step = DenoisingStep(workload.model, compile=False, fused_head=args.fused_head)
             for canvas in args.canvas:
                 self.serving_eager(workload, step, canvas)
             del step, workload  # the model stays held by self.current only, so release() frees it
@@ -620,6 +620,9 @@ def main() -> int:
     parser.add_argument("--quantization", nargs="*", choices=SCHEMES, default=None,
                         help="expert quantisations whose serving rows are timed too (default on CUDA: int4-g32 "
                              "fp8; on the CPU none)")
+    parser.add_argument("--fused-head", action="store_true",
+                        help="serving rows with the fused head + sampler kernel (engine/kernels/head_sampler.py; "
+                             "opt-in until measured: run once with and once without)")
     parser.add_argument("--verbose", action="store_true", help="keep dynamo/inductor logs and compile tracebacks")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                         help="default bfloat16 on CUDA, float32 on CPU")

@@ -154,6 +154,9 @@ def quantization_table(rows: list[tuple[str, dict]]) -> None:
     print("|---|---|---:|---:|---:|---:|---|---:|---:|")
     for name, result in rows:
         for variant, m in result["variants"].items():
+            if "unfit" in m:
+                print(f"| {name} | {variant} | n/a: {m['unfit']} | | | | | | |")
+                continue
             paired = (f"{m['edit_similarity_difference']:+.4f} | {m['edit_similarity_standard_error']:.4f} | "
                       f"{'yes' if m['within_noise'] else 'NO'} | {m['same_middles']:.2f}"
                       if "edit_similarity_difference" in m else " |  |  | ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -369,10 +370,17 @@ def check_fits(config: ModelConfig, quantization: str | None, dtype: torch.dtype
     """Raise CheckpointError when the weights alone need more than the device has free (`available` bytes; by
     default what `free_memory` reports), naming the quantizations that would fit."""
     available = free_memory(device) if available is None else available
-    needed = weight_bytes(config, quantization, dtype)
+    try:
+        needed = weight_bytes(config, quantization, dtype)
+    except ValueError as error:  # a group size that does not divide the experts' widths
+        raise CheckpointError(str(error)) from None
     if available is None or needed <= available:
         return
-    sizes = {scheme: weight_bytes(config, scheme, dtype) for scheme in SCHEMES if scheme != quantization}
+    sizes = {}
+    for scheme in SCHEMES:
+        with contextlib.suppress(ValueError):  # schemes this model's shapes cannot take are no option
+            sizes[scheme] = weight_bytes(config, scheme, dtype)
+    sizes.pop(quantization, None)
     options = [f"{scheme} ({size / 1e9:.1f} GB)" for scheme, size in sizes.items() if size <= available]
     precision = str(dtype).removeprefix("torch.") + (f" with {quantization} experts" if quantization else "")
     advice = f"; quantization {' or '.join(options)} would fit" if options else "; no quantization fits either"

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from engine.cache import KVCache, SharedPrefixKV
 from engine.config import load_configs
 from engine.engine import PROMPT_BUCKET, Engine, load
+from engine.loader import CheckpointError
 from engine.infill import prompt_format, prompt_ids
 from engine.training.evaluate import PREFIX_CHARS, SUFFIX_CHARS
 from engine.training.text_metrics import edit_similarity, exact_match
@@ -259,11 +260,15 @@ def quantization_quality(
     if len(holes) < 2:
         raise ValueError("quantization_quality needs at least 2 holes (a standard error needs two differences)")
     modes = {"unquantised": (load(path, device=device, dtype=dtype, mode="serving"), SERVING_SAMPLING)}
+    unfit = {}
     for scheme in schemes:
-        modes[scheme] = (load(path, device=device, dtype=dtype, mode="serving", quantization=scheme),
-                         SERVING_SAMPLING)
+        try:
+            modes[scheme] = (load(path, device=device, dtype=dtype, mode="serving", quantization=scheme),
+                             SERVING_SAMPLING)
+        except CheckpointError as error:  # e.g. a group size that does not divide this model's expert widths
+            unfit[scheme] = str(error)
     per_hole, seconds = _complete_holes(modes, holes, seed, generation_overrides)
-    variants = {}
+    variants: dict[str, Any] = {scheme: {"unfit": reason} for scheme, reason in unfit.items()}
     for name, (eng, sampling) in modes.items():
         variants[name] = _mode_summary(eng, sampling, per_hole, name, seconds[name])
         if name != "unquantised":
