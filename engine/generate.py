@@ -84,13 +84,8 @@ def generate_blocks(
                     if schedule else None)
     embedding_dtype = model.embed_tokens.weight.dtype
 
-    def check_cancelled() -> None:
-        if cancelled is not None and cancelled():
-            raise GenerationCancelled()
-
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    forwards_per_row = torch.zeros(batch, dtype=torch.int, device=device)
-    committed: list[torch.Tensor] = []
+    check_cancelled = cancellation_check(cancelled)
+    finished, forwards_per_row, committed = row_counters(batch, device)
     to_encode = uncached_ids
     decoder_forwards = 0
     encoder_seconds = decoder_seconds = 0.0
@@ -152,6 +147,20 @@ def generate_blocks(
 
     return batch_output(committed, forwards_per_row, config.pad_token_id, decoder_forwards, encoder_seconds,
                         decoder_seconds)
+
+
+def cancellation_check(cancelled: Callable[[], bool] | None) -> Callable[[], None]:
+    """A check to call before every forward: raises GenerationCancelled once `cancelled()` says so."""
+    def check() -> None:
+        if cancelled is not None and cancelled():
+            raise GenerationCancelled()
+    return check
+
+
+def row_counters(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Per row: finished (an EOS was committed) and decoder forwards run; and the committed canvases so far."""
+    return (torch.zeros(batch, dtype=torch.bool, device=device), torch.zeros(batch, dtype=torch.int, device=device),
+            [])
 
 
 def batch_output(committed: list[torch.Tensor], forwards_per_row: torch.Tensor, pad: int | None,

@@ -28,7 +28,7 @@ import torch
 
 from engine.cache import KVCache, SharedPrefixKV
 from engine.config import GenerationConfig
-from engine.generate import BatchOutput, GenerationCancelled, StepEvent, batch_output, finalize_canvas
+from engine.generate import BatchOutput, StepEvent, batch_output, cancellation_check, finalize_canvas, row_counters
 from engine.model import DiffusionGemma
 from engine.kernels.head_sampler import fused_head_available, fused_head_sample
 from engine.sampler import entropy_bound_acceptance, inverse_cdf_sample, temperature_schedule
@@ -276,13 +276,8 @@ def generate_shared(
     eos = torch.tensor(config.eos_token_id, device=device) if config.eos_token_id else None
     sc_dtype = model.embed_tokens.weight.dtype
 
-    def check_cancelled() -> None:
-        if cancelled is not None and cancelled():
-            raise GenerationCancelled()
-
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    forwards_per_row = torch.zeros(batch, dtype=torch.int, device=device)
-    committed: list[torch.Tensor] = []
+    check_cancelled = cancellation_check(cancelled)
+    finished, forwards_per_row, committed = row_counters(batch, device)
     decoder_forwards = 0
     encoder_seconds = decoder_seconds = 0.0
     for block in range(blocks):

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from engine.kernels.flash_attention import Segment
+from engine.kernels.triton_common import dot, dot_in_fp32, round_to
 
 # With the default tiles, bf16: no register spills from D=64 to D=512 (ptxas, sm_90); 4 warps spill.
 NUM_WARPS = 8
@@ -62,28 +63,9 @@ def flash_attention_triton(
         *q.stride(), *k.stride(), *v.stride(), *prefix_k.stride()[1:], *prefix_v.stride()[1:],
         *q_positions.stride(), *k_positions.stride(), prefix_positions.stride(-1),
         CAUSAL=causal, HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=block_dk,
-        BLOCK_DV=block_dv, DOT_FP32=q.dtype == torch.float32 or q.device.type != "cuda", num_warps=NUM_WARPS,
+        BLOCK_DV=block_dv, DOT_FP32=dot_in_fp32(q), num_warps=NUM_WARPS,
     )
     return out
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_FP32: tl.constexpr):
-    """acc + a @ b; in fp32 for fp32 inputs (IEEE, not TF32) and for bf16 under the interpreter, whose bf16 dot
-    multiplies raw uint16 bits (triton 3.7): the operands are already rounded, so the products are the same."""
-    if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
-def _round_to(x, dtype: tl.constexpr):
-    """fp32 x rounded to `dtype` (to nearest even), in `dtype`. bf16 by integer arithmetic first: the
-    interpreter's fp32->bf16 cast truncates (triton 3.7); on the GPU both give the same bits."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        x = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit
@@ -112,7 +94,7 @@ def _attend(
                             other=0.0)
                 k = tl.load(k_ptr + cols[None, :] * sk_s + d[:, None] * sk_d, mask=d_mask[:, None] & col_mask[None, :],
                             other=0.0)
-                s = _dot(q, k, s, DOT_FP32)
+                s = dot(q, k, s, DOT_FP32)
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen no key yet
@@ -121,7 +103,7 @@ def _attend(
             l = l * alpha + tl.sum(p, axis=1)
             v = tl.load(v_ptr + cols[:, None] * sv_s + d_out[None, :] * sv_d,
                         mask=col_mask[:, None] & (d_out < D)[None, :], other=0.0)
-            acc = _dot(_round_to(p, v_ptr.dtype.element_ty), v, acc * alpha[:, None], DOT_FP32)
+            acc = dot(round_to(p, v_ptr.dtype.element_ty), v, acc * alpha[:, None], DOT_FP32)
             m = m_new
     return m, l, acc
 
@@ -164,5 +146,5 @@ def _flash_kernel(
         CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N, BLOCK_DK, DOT_FP32)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]  # no visible key: acc is 0, and so is the output
     o_rows = ((b * GROUP * KV + head).to(tl.int64) * T + t) * D
-    tl.store(o_ptr + o_rows[:, None] + d_out[None, :], _round_to(out, o_ptr.dtype.element_ty),
+    tl.store(o_ptr + o_rows[:, None] + d_out[None, :], round_to(out, o_ptr.dtype.element_ty),
              mask=row_mask[:, None] & (d_out < D)[None, :])

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from engine.kernels.head_sampler import HeadSample
+from engine.kernels.triton_common import dot, dot_in_fp32, round_to
 
 BLOCK_N, BLOCK_V, BLOCK_H = 64, 128, 32
 NUM_WARPS = 8  # with these blocks: 217 registers, no spills (ptxas, sm_90, bf16)
@@ -67,7 +68,7 @@ def fused_head_sample_triton(
         torch.as_tensor(temperature, dtype=torch.float32, device=device).reshape(1),
         torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(1),
         stats, indices, partial, rows, vocab, width, split_size, float(softcap),
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, DOT_FP32=_dot_in_fp32(hidden), num_warps=NUM_WARPS,
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, DOT_FP32=dot_in_fp32(hidden), num_warps=NUM_WARPS,
     )
     return HeadSample(*(t.reshape(*leading, *t.shape[1:]) for t in _combine(stats, indices, partial)))
 
@@ -75,12 +76,6 @@ def fused_head_sample_triton(
 def _programs_wanted(device: torch.device) -> int:
     """Two programs per SM on CUDA; one (no splitting) elsewhere, where only the interpreter runs the kernel."""
     return 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
-def _dot_in_fp32(hidden: torch.Tensor) -> bool:
-    """Widen dot operands to fp32: for fp32 inputs (IEEE, not TF32), and for bf16 under the interpreter, whose
-    bf16 dot multiplies raw uint16 bits (triton 3.7). Operands are rounded to their dtype first: same products."""
-    return hidden.dtype == torch.float32 or hidden.device.type != "cuda"
 
 
 def _combine(stats: torch.Tensor, indices: torch.Tensor, partial: torch.Tensor) -> HeadSample:
@@ -95,23 +90,6 @@ def _combine(stats: torch.Tensor, indices: torch.Tensor, partial: torch.Tensor) 
     sample = indices[1].gather(0, keys.argmax(dim=0, keepdim=True))[0].long()
     signal = (weight[..., None] * partial).sum(dim=0) / total[:, None]
     return HeadSample(entropy, argmax, sample, signal)
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_FP32: tl.constexpr):
-    if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
-def _round_to(x, dtype: tl.constexpr):
-    """fp32 x rounded to `dtype` (to nearest even), in `dtype`. bf16 by integer arithmetic first: the
-    interpreter's fp32->bf16 cast truncates (triton 3.7); on the GPU both give the same bits."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        x = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit
@@ -157,8 +135,8 @@ def _head_sample_kernel(
             k_mask = k < H
             x = tl.load(h_ptr + rows[:, None] * H + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
             w = tl.load(e_cols[None, :] + k[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-            s = _dot(x, w, s, DOT_FP32)
-        s = _round_to(s, h_ptr.dtype.element_ty).to(tl.float32)  # F.linear's output is in the activation dtype
+            s = dot(x, w, s, DOT_FP32)
+        s = round_to(s, h_ptr.dtype.element_ty).to(tl.float32)  # F.linear's output is in the activation dtype
         z = _tanh(s / softcap) * softcap / temperature
         z = tl.where(col_mask[None, :], z, float("-inf"))
 
@@ -183,12 +161,12 @@ def _head_sample_kernel(
         m = m_new
 
         # Rounded to the embedding dtype, as the model's softmax(...).to(weight.dtype) @ weight.
-        p = _round_to(p, e_ptr.dtype.element_ty)
+        p = round_to(p, e_ptr.dtype.element_ty)
         for k0 in range(0, H, BLOCK_H):
             k = k0 + tl.arange(0, BLOCK_H)
             k_mask = k < H
             w = tl.load(e_cols[:, None] + k[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-            acc = _dot(p, w, tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32), DOT_FP32)
+            acc = dot(p, w, tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32), DOT_FP32)
             ptrs = partial_rows + k[None, :]
             mask = row_mask[:, None] & k_mask[None, :]
             if v0 > start:

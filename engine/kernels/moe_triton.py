@@ -24,6 +24,7 @@ import triton.language as tl
 
 from engine.kernels.moe import sort_by_expert
 from engine.kernels.quantize import QuantizedWeight
+from engine.kernels.triton_common import dot, dot_in_fp32
 
 DENSE, INT4, FP8 = 0, 1, 2
 BLOCK_M = 16
@@ -66,7 +67,7 @@ def _launch(kernel, blocks, inputs, weight, routing, out, n, k, top_k, router_we
     kernel[(blocks, triton.cdiv(n, block_n))](
         inputs, data, scales, *routing, *extra, out, n, k, num_experts,
         TOP_K=top_k, SCHEME=scheme, GROUP=group, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
-        BLOCK_E=triton.next_power_of_2(num_experts), DOT_FP32=_dot_in_fp32(inputs),
+        BLOCK_E=triton.next_power_of_2(num_experts), DOT_FP32=dot_in_fp32(inputs),
     )
 
 
@@ -82,13 +83,6 @@ def _weight_operands(weight):
 
 def _block(size: int) -> int:
     return max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(size)))
-
-
-def _dot_in_fp32(inputs: torch.Tensor) -> bool:
-    """Widen the dot operands to fp32: always for fp32 activations (IEEE, not TF32), and for bf16 under the
-    interpreter (the only way CPU tensors run), whose dot multiplies bf16's raw uint16 bits (triton 3.7). The
-    operands are rounded to the activation dtype first, so the products are the bf16 ones, exact in fp32."""
-    return inputs.dtype == torch.float32 or (inputs.dtype == torch.bfloat16 and inputs.device.type != "cuda")
 
 
 @triton.jit
@@ -136,10 +130,7 @@ def fp8_e4m3_to_fp32(bits):
 @triton.jit
 def _dot(a, w, acc, DOT_FP32: tl.constexpr):
     """acc + a @ w, w rounded to a's dtype first (the reference multiplies in the activation dtype)."""
-    w = w.to(a.dtype)
-    if DOT_FP32:
-        return tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, w, acc)
+    return dot(a, w.to(a.dtype), acc, DOT_FP32)
 
 
 @triton.jit
