@@ -104,6 +104,7 @@ def test_transformers_baseline_agrees_token_for_token(tmp_path, checkpoint, caps
     assert "Baseline transformers `generate()` on the same prompts (2 tasks)" in capsys.readouterr().out
 
 
+@needs_data
 def test_transformers_baseline_against_serving_mode(tmp_path, checkpoint):
     """The default engine mode (serving, bf16 here) against transformers in float32, as a user runs it: both
     generate every task's tokens; they differ by sampling, so agreement is only reported."""
