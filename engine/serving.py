@@ -113,7 +113,7 @@ class DenoisingStep:
     """`denoising_step` for one model: compiled (fullgraph, static shapes; CUDA graphs on CUDA) per input shape,
     eager until then.
 
-    A shape is compiled in a background thread the first time it is met (or when `prepare` announces it), by
+    A shape is compiled in a background thread the first time it is met (`Engine.warm_up` meets it at load), by
     running the compiled step once on copies of that call's inputs; until it is ready, and while any compilation
     runs, calls take the eager step, so compiling never stalls a request and only one thread is ever inside
     torch.compile. `compile=False` is always eager.
