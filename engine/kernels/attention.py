@@ -32,16 +32,16 @@ def shared_prefix_attention(
     batch, heads, length, dim = q.shape
     kv_heads = own_k.shape[1]
     rows = heads // kv_heads * length  # the query rows of one KV head
-    # fp32 throughout, as SDPA accumulates: scores rounded to bf16 (3 significant digits) visibly change the model.
+    # Scores in fp32, as SDPA keeps them (bf16 scores would carry 3 significant digits into the softmax); the
+    # weighted sum of values in the activation dtype, as SDPA's output is.
     grouped = q.float().reshape(batch, kv_heads, rows, dim)
     stacked = grouped.transpose(0, 1).reshape(1, kv_heads, batch * rows, dim)
     prefix_scores = (stacked @ prefix_k.float().transpose(-1, -2)).view(kv_heads, batch, rows, -1).transpose(0, 1)
     scores = torch.cat([prefix_scores, grouped @ own_k.float().transpose(-1, -2)], dim=-1)
     visible = torch.cat([prefix_visible.expand(length, -1), own_visible.expand(length, -1)], dim=-1)
     visible = visible.repeat(heads // kv_heads, 1)
-    weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1).to(q.dtype)
     split = prefix_k.shape[2]
     prefix_weights = weights[..., :split].transpose(0, 1).reshape(1, kv_heads, batch * rows, split)
-    prefix_part = (prefix_weights @ prefix_v.float()).view(kv_heads, batch, rows, dim).transpose(0, 1)
-    out = prefix_part + weights[..., split:] @ own_v.float()
-    return out.reshape(batch, heads, length, dim).to(q.dtype)
+    out = (prefix_weights @ prefix_v).view(kv_heads, batch, rows, dim).transpose(0, 1) + weights[..., split:] @ own_v
+    return out.reshape(batch, heads, length, dim)
