@@ -11,6 +11,7 @@ loop thread that owns the documents, while generation runs on the model worker a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,19 @@ def intra_op_threads(requested: int | None) -> int:
         return requested
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, usable - 1)
+
+
+def request_seed(seed: int | None, prefix: str, suffix: str) -> int | None:
+    """The sampling seed of one request: none stays none (fresh noise), a set seed is mixed with the prompt.
+
+    Requests then share their noise only when they share their prompt, and stay reproducible. With the set seed
+    itself every hole of a benchmark would get the same noise, and that one draw's luck would move every result
+    together. 32 bits, which every back-end accepts (llama.cpp's seed is unsigned 32-bit).
+    """
+    if seed is None:
+        return None
+    digest = hashlib.blake2b(f"{seed}\0{prefix}\0{suffix}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 def load_engine(settings: Settings) -> Engine:
@@ -173,7 +187,8 @@ class InfillPipeline:
             overrides["max_denoising_steps"] = settings.denoising_steps
         result = self.model.infill(
             context.prompt_prefix(), context.suffix, max_new_tokens=settings.max_new_tokens,
-            num_candidates=settings.candidates, seed=settings.seed, on_canvas=on_canvas, cancelled=cancelled,
+            num_candidates=settings.candidates, seed=request_seed(settings.seed, context.prompt_prefix(), context.suffix),
+            on_canvas=on_canvas, cancelled=cancelled,
             **overrides,
         )
         known = {candidate.text for candidate in result.candidates}

@@ -37,7 +37,7 @@ class Settings:
     candidates: int = 1  # canvases sampled per request (one batch), ranked
     document_candidates: int = 4  # line endings copied from open documents that join the candidates (0: none)
     rerank: bool = True  # rank candidates by the model's likelihood of them between prefix and suffix
-    seed: int | None = None  # None: a fresh seed per request
+    seed: int | None = None  # None: a fresh seed per request; else mixed with each prompt (pipeline.request_seed)
     threads: int | None = None  # the model's intra-op threads; None: every usable core but one (at least one)
     enabled_languages: tuple[str, ...] = ("*",)  # LSP languageIds or language names; "*" for all
     cache_size: int = 256  # completion results remembered (LRU)

@@ -65,8 +65,9 @@ def test_direct_and_server_back_ends_run_the_same_pipeline(tmp_path, checkpoint)
     for name, (summary, records) in runs.items():
         assert summary["n"] == 3 and summary["errors"] == 0 and summary["sandbox"]["programs"] == 3
         assert summary["latency_ms"]["p50"] > 0 and summary["cold_latency_ms"] > 0
-        # One 16-token canvas of 8 steps (the random model is never confident enough to stop early).
-        assert summary["tokens_per_forward"] == 2.0
+        # One 16-token canvas of 8 steps (the random model is never confident enough to stop early): 2 tokens a
+        # forward, a little less where it wrote pad tokens, which do not count.
+        assert 1.75 <= summary["tokens_per_forward"] <= 2.0
         assert summary["engine_ms_per_step"] > 0
         assert summary["engine_ms_per_canvas"] == pytest.approx(8 * summary["engine_ms_per_step"])
         samples = [record["samples"][0] for record in records]

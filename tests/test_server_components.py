@@ -12,7 +12,7 @@ import torch
 from checkpoints import cached_checkpoint
 from lsp_server.completion_cache import ResultCache, TypedAhead
 from lsp_server.documents import Document
-from lsp_server.pipeline import InfillPipeline, intra_op_threads, load_engine
+from lsp_server.pipeline import InfillPipeline, intra_op_threads, load_engine, request_seed
 from lsp_server.scheduler import JobCancelled, Scheduler
 from lsp_server.settings import Settings, apply_changes
 
@@ -78,6 +78,24 @@ def test_model_threads_leave_a_core_to_the_loop_and_are_set_on_the_thread_that_r
     thread.start()
     thread.join()
     assert seen == [1] and torch.get_num_threads() == before  # OpenMP keeps a count per thread
+
+
+def test_a_set_seed_is_mixed_with_the_prompt_so_holes_do_not_share_their_noise(tmp_path_factory):
+    assert request_seed(None, "a", "b") is None  # a fresh seed per request
+    seeds = {request_seed(3, prefix, "\n") for prefix in ("def f():\n    return ", "x = ", "import ")}
+    assert len(seeds) == 3 and all(0 <= seed < 2**32 for seed in seeds)
+    assert request_seed(3, "x = ", "") == request_seed(3, "x = ", "") != request_seed(4, "x = ", "")
+    assert request_seed(3, "x", " = 1") != request_seed(3, "x ", "= 1")  # where the hole is counts
+
+    checkpoint = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="random")
+    settings = Settings(model=str(checkpoint), seed=3, threads=1, rerank=False, document_candidates=0)
+    pipeline = InfillPipeline(load_engine(settings))
+    context = pipeline.context(Document("file:///t.py", "def f():\n    return \n"), (1, 11), settings, invoked=True)
+    texts = [c.text for c in pipeline.generate(context, settings).candidates]
+    assert texts == [c.text for c in pipeline.generate(context, settings).candidates]  # reproducible
+    direct = pipeline.model.infill(context.prompt_prefix(), context.suffix, sampling="fast",
+                                   seed=request_seed(3, context.prompt_prefix(), context.suffix))
+    assert texts == [c.text for c in direct.candidates]  # the engine got the mixed seed
 
 
 # ------------------------------------------------------------------------------------------------- caches
