@@ -81,6 +81,7 @@ async def measure(args: argparse.Namespace) -> None:
     counters = {"cold": "modelRuns", "warm": "modelRuns", "cached": "cacheHits", "typed-ahead": "typedAheadHits"}
     off_path = dict.fromkeys(samples, 0)
     encoded: list[tuple[int, int]] = []
+    engine_ms: dict[str, list[float]] = {"cold": [], "warm": []}  # the engine's own wall time, as the server saw it
 
     async def sample(case: str, line: int, character: int) -> str | None:
         before = (await stats(client))[counters[case]]
@@ -90,6 +91,8 @@ async def measure(args: argparse.Namespace) -> None:
         off_path[case] += after[counters[case]] == before
         if case == "warm":
             encoded.append((after["lastRun"]["encodedPromptTokens"], after["lastRun"]["promptTokens"]))
+        if case in engine_ms and after[counters[case]] != before:
+            engine_ms[case].append(after["lastRun"]["wallMs"])
         return suggestion
 
     for line in chosen[1:]:
@@ -120,6 +123,12 @@ async def measure(args: argparse.Namespace) -> None:
             continue
         print(f"| {case:<11} | {len(ordered):>3} | {percentile(ordered, 50):>6.1f} | {percentile(ordered, 90):>6.1f} "
               f"| {statistics.fmean(ordered):>7.1f} | {target:>10} | {off_path[case]:>17} |")
+    for case, values in engine_ms.items():
+        if values:
+            engine, client = statistics.median(values), percentile(sorted(samples[case]), 50)
+            print(f"\n{case}: the engine's generation (prompt encoding and denoising) took {engine:.1f} ms p50 of the {client:.1f} ms a request took; the rest "
+                  f"({client - engine:.1f} ms) is context, candidates, post-processing and JSON-RPC over stdio", end="")
+    print()
     if encoded:
         print(f"\nwarm requests re-encoded {statistics.fmean(e for e, _ in encoded):.0f} of "
               f"{statistics.fmean(p for _, p in encoded):.0f} prompt tokens on average")

@@ -18,6 +18,7 @@ file; edits that cross a segment boundary merge the segments involved.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,6 +41,7 @@ from lsp_server.positions import (
 
 # Target size of a segment, in lines; documents shorter than four segments keep a single tree.
 SEGMENT_LINES = 512
+INSERTIONS_KEPT = 16  # parsed insertions remembered per document (a request's candidates)
 
 
 class DocumentError(Exception):
@@ -101,6 +103,9 @@ class Document:
         self.spec: LanguageSpec = language_for(language_id, uri)
         self.revision = 0
         self._parser = tree_sitter.Parser(self.spec.ts_language) if self.spec.has_grammar else None
+        # The last insertions parsed, for this revision: post-processing and ranking both check the same
+        # candidates, and a parse of a long file costs milliseconds.
+        self._insertions: OrderedDict[tuple[int, str], tree_sitter.Node] = OrderedDict()
         self._set_source(encode_text(text))
 
     # ----------------------------------------------------------------------------------------- text
@@ -215,6 +220,7 @@ class Document:
         self._source[start:end] = new_bytes
         self._text = None
         self.revision += 1
+        self._insertions.clear()
         delta = len(new_bytes) - (end - start)
         self._lines.replace_lines(first_line, end_line, self._source, region_start, old_region_end + delta)
 
@@ -275,6 +281,17 @@ class Document:
         """
         if self.root_at(offset) is None:
             return None
+        key = (offset, text)
+        if key in self._insertions:
+            self._insertions.move_to_end(key)
+            return self._insertions[key]
+        root = self._parse_with_insertion(offset, text)
+        self._insertions[key] = root
+        if len(self._insertions) > INSERTIONS_KEPT:
+            self._insertions.popitem(last=False)
+        return root
+
+    def _parse_with_insertion(self, offset: int, text: str) -> tree_sitter.Node:
         index = self._segment_index(offset)
         segment = self._segments[index]
         inserted = encode_text(text)
@@ -299,6 +316,7 @@ class Document:
         self._text: str | None = None
         self._lines = LineIndex(source)
         self._segments = [_Segment(0, len(source), 0, None)]
+        self._insertions.clear()
         self._segments_changed()
 
     def _segments_changed(self) -> None:

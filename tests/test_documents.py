@@ -223,6 +223,20 @@ def test_root_with_insertion_leaves_the_document_alone():
     assert node_spans(document.root_at(0)) == before
 
 
+def test_an_insertion_is_parsed_once_per_revision():
+    document = Document("file:///a.py", "def f():\n    return 1\n", "python")
+    offset = document.offset_at((1, 12))
+    first = document.root_with_insertion(offset, " + (2")
+    assert document.root_with_insertion(offset, " + (2") is first  # post-processing and ranking share the parse
+    assert document.root_with_insertion(offset, " + 2") is not first and not document.root_with_insertion(
+        offset, " + 2").has_error
+    document.apply_change(((1, 12), (1, 12)), ")")  # "return 1)": the cached parse is of the old text
+    after = document.root_with_insertion(offset, " + (2")
+    assert after is not first and document.text == "def f():\n    return 1)\n"
+    assert node_spans(after) == node_spans(Document("file:///b.py", "def f():\n    return 1 + (2)\n", "python")
+                                           .root_at(0))
+
+
 @pytest.fixture
 def small_segments(monkeypatch):
     """Segment documents every 8 lines so that segment logic is exercised by small files."""
