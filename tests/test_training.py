@@ -15,7 +15,9 @@ from engine.model import DiffusionGemma
 from engine.training import evaluate
 from engine.training.fim import FimBatchStream
 from engine.training.tokenizer import train_tokenizer
-from engine.training.objective import TrainingStore, TrainSettings, initialise, model_config, training_loss
+from engine.training.objective import NOISE_SCHEDULES, TrainingStore, TrainSettings, initialise, model_config, training_loss
+from engine.training.pilots import BRANCH_PILOTS
+from engine.training.pilots import main as pilots_main
 from engine.training.train import main as train_main
 from engine.training.train import train
 
@@ -190,6 +192,14 @@ def test_resume_refuses_changed_settings_and_init_from_starts_from_exported_weig
     train_main(cli_args(corpus, tmp_path / "tokenizer.json", first, total_steps=3, warmup_steps=1))
     with pytest.raises(SystemExit, match="batch_size"):
         train_main(cli_args(corpus, tmp_path / "tokenizer.json", first, total_steps=3, resume=True, batch_size=2))
+    with pytest.raises(SystemExit, match="--noise-schedule must be one of uniform, high"):
+        train_main(cli_args(corpus, tmp_path / "tokenizer.json", first, total_steps=3, resume=True,
+                            noise_schedule="loud"))
+    # The noise schedule may change on resume, from the next step on, and the run remembers it.
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", first, total_steps=4, resume=True,
+                        noise_schedule="high"))
+    resumed = torch.load(first / "training_state.pt", weights_only=False)
+    assert resumed["step"] == 4 and resumed["settings"]["noise_schedule"] == "high"
 
     # A lost run directory: start a new run from the exported (bf16) weights, with a fresh optimizer at step 0.
     second = tmp_path / "second"
@@ -239,3 +249,33 @@ def test_bf16_training_pads_gemm_rows_without_changing_the_loss(tokenizer, corpu
         plain = training_loss(model, batch, settings, torch.Generator().manual_seed(4))
     for a, b in zip(padded, plain):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+def test_the_high_noise_schedule_draws_more_of_the_noisy_canvases_a_generation_starts_from():
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    uniform, high = (NOISE_SCHEDULES[name](u) for name in ("uniform", "high"))
+    assert torch.equal(uniform, u)
+    assert abs(high.mean().item() - 2 / 3) < 0.005 and 0.0 <= high.min() and high.max() <= 1.0  # density 2t
+    assert abs((high > 0.9).float().mean().item() - 0.19) < 0.005  # 1 - 0.9², against 0.10 for uniform
+
+
+def test_branch_pilots_continue_copies_of_a_run_and_report_paired_differences(tokenizer, corpus_texts, tmp_path,
+                                                                              capsys):
+    corpus = write_corpus(tmp_path, corpus_texts)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    start = tmp_path / "run"
+    train_main(cli_args(corpus, tmp_path / "tokenizer.json", start, total_steps=6, warmup_steps=1, steps=2))
+    out = tmp_path / "branches"
+    pilots_main(["--corpus", str(corpus), "--tokenizer", str(tmp_path / "tokenizer.json"), "--out", str(out),
+                 "--branch-from", str(start), "--steps", "2", "--holes", "3"])
+    states = {name: torch.load(out / name / "training_state.pt", weights_only=False) for name in BRANCH_PILOTS}
+    assert torch.load(start / "training_state.pt", weights_only=False)["step"] == 2  # the run itself is untouched
+    assert all(state["step"] == 4 for state in states.values())
+    assert states["unchanged"]["settings"]["noise_schedule"] == "uniform"
+    assert states["high-noise"]["settings"]["noise_schedule"] == "high"
+    weights = {name: state["model"] for name, state in states.items()}
+    assert any(not torch.equal(weights["unchanged"][k], weights["high-noise"][k]) for k in weights["unchanged"])
+    rows = [json.loads(line) for line in (out / "pilots.jsonl").read_text().splitlines()]
+    assert [row["pilot"] for row in rows] == list(BRANCH_PILOTS) and all(row["steps"] == 2 for row in rows)
+    assert rows[0]["paired_edit_similarity_difference"] == 0 and rows[0]["standard_error"] == 0
+    assert "| high-noise |" in capsys.readouterr().out

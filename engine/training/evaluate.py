@@ -13,7 +13,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,11 @@ class HeldOutScore:
     exact_match_by_kind: dict[str, float]
     loss: dict[str, float]  # the training objective's terms on held-out batches (no gradient)
     seconds: float
+    # Per hole, in order: for paired comparisons of checkpoints on the same holes (not part of the summary).
+    edit_similarities: list[float] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key != "edit_similarities"}
 
 
 def held_out_holes(corpus: Path, count: int, canvas_length: int, seed: int = 0, language: str = "python",
@@ -96,6 +101,7 @@ def score_checkpoint(checkpoint: Path, holes, corpus: Path, loss_batches: int, m
         exact_match_by_kind={kind: sum(v) / len(v) for kind, v in sorted(hits.items())},
         loss=held_out_loss(eng, corpus, loss_batches, max_prompt_tokens, seed),
         seconds=round(time.perf_counter() - started, 1),
+        edit_similarities=similarities,
     )
 
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     holes = held_out_holes(args.corpus, args.holes, canvas_length, args.seed)
     for checkpoint in checkpoints:
         score = score_checkpoint(checkpoint, holes, args.corpus, args.loss_batches, args.max_prompt_tokens, args.seed)
-        line = json.dumps(asdict(score))
+        line = json.dumps(score.summary())
         print(line, flush=True)
         if args.out:
             with args.out.open("a") as handle:

@@ -4,8 +4,9 @@ DiffusionGemma's fine-tuning recipe, per batch (prompt = `<bos><fim_prefix>…<f
 canvas = middle `<eos>` `<pad>`…):
 - the encoder runs causally over [prompt ; clean canvas] and is trained with the next-token loss on real tokens up
   to the `<eos>` (its prompt keys/values are what the decoder reads, exactly as at inference);
-- each example draws a noise level t ~ U(0, 1) and every canvas position is independently replaced by a uniform
-  random vocabulary token with probability t (no mask token);
+- each example draws a noise level t ~ U(0, 1) (or, with `noise_schedule` "high", t = sqrt(u): density 2t, more
+  of the nearly-all-noise canvases a generation starts from) and every canvas position is independently replaced
+  by a uniform random vocabulary token with probability t (no mask token);
 - the decoder denoises that canvas with cross-entropy on every canvas position; half the examples are
   self-conditioned: a first, gradient-free decoder pass supplies the logits that the second pass conditions on.
 
@@ -51,6 +52,7 @@ class TrainSettings:
     ar_prompt_sample: float = 0.25
     self_conditioning_rate: float = 0.5
     hole_mix: str = "default"  # a key of engine.training.fim.HOLE_MIXES
+    noise_schedule: str = "uniform"  # a key of NOISE_SCHEDULES: how the canvas noise level t is drawn
     # "bfloat16": matmuls under CPU/CUDA autocast (master weights and optimizer state stay fp32).
     precision: str = "float32"
     seed: int = 0
@@ -107,6 +109,9 @@ class TrainingStore:
 
 
 PRECISIONS = ("float32", "bfloat16")
+# The noise level t of a training canvas from u ~ U(0, 1). A generation starts from an all-noise canvas and its first
+# steps see mostly noise; "uniform" trains on t = 1 as rarely as on t = 0, "high" draws t with density 2t.
+NOISE_SCHEDULES = {"uniform": lambda u: u, "high": torch.sqrt}
 AR_TARGET_BUCKET = 128
 IGNORED_TARGET = -100
 
@@ -115,6 +120,8 @@ def training_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSetting
     """Returns (total, diffusion, autoregressive) losses for one batch, computed in `settings.precision`."""
     if settings.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {settings.precision!r}")
+    if settings.noise_schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}, got {settings.noise_schedule!r}")
     device_type = model.embed_tokens.weight.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings.precision == "bfloat16"):
         return _batch_loss(model, batch, settings, generator)
@@ -145,7 +152,7 @@ def _batch_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings,
         ar_targets = torch.cat([ar_targets, ar_targets.new_full((padding,), IGNORED_TARGET)])
     ar_loss = F.cross_entropy(model.logits(ar_hidden), ar_targets, ignore_index=IGNORED_TARGET)
 
-    noise_level = torch.rand(batch_size, 1, generator=generator)
+    noise_level = NOISE_SCHEDULES[settings.noise_schedule](torch.rand(batch_size, 1, generator=generator))
     noised = torch.rand(batch_size, canvas_length, generator=generator) < noise_level
     random_tokens = torch.randint(0, vocab, (batch_size, canvas_length), generator=generator)
     canvas = torch.where(noised, random_tokens, batch.canvas_ids)

@@ -2,6 +2,13 @@
 
     python -m engine.training.pilots --corpus runs/corpus --out runs/pilots --tokens 1500000 [--only NAME,...]
     python -m engine.training.pilots --corpus runs/corpus --out runs/pilots --report
+    python -m engine.training.pilots --corpus runs/corpus --out runs/branch-pilots --branch-from RUN --steps 350
+
+Branch pilots (`--branch-from`, a run directory: its training_state.pt and checkpoint/) continue a long run instead:
+each starts from a copy of that state (weights, optimizer, data position, RNG, schedule) and trains `--steps` more
+steps with one objective change that a resumed run may take (engine.training.train.CHANGEABLE_ON_RESUME), against a
+branch that changes nothing. Their report adds each branch's edit similarity minus the unchanged branch's, paired
+on the same holes, with its standard error.
 
 Each pilot changes one thing against `base` (the shipped model's shape and objective, bf16 autocast). Every pilot
 trains from scratch with the same seed, learning-rate schedule and data stream for about `--tokens` training tokens
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,6 +42,11 @@ PILOTS: dict[str, dict] = {
     "ar-every-prompt-position": {"ar_prompt_sample": 1.0},
     "editor-holes-canvas-16": {"hole_mix": "editor", "canvas_length": 16},
     "6-layers": {"num_layers": 6},
+}
+# The first is the unchanged continuation the others are compared with.
+BRANCH_PILOTS: dict[str, dict] = {
+    "unchanged": {},
+    "high-noise": {"noise_schedule": "high"},
 }
 SCORES_FILE = "pilots.jsonl"
 
@@ -64,6 +78,63 @@ def finished(out: Path) -> bool:
         return False
     saved = torch.load(state, weights_only=False, map_location="cpu")
     return saved["step"] >= saved["settings"]["total_steps"]
+
+
+def saved_step(run: Path) -> int:
+    return torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")["step"]
+
+
+def train_branch(name: str, start: Path, corpus: Path, tokenizer: Path, out: Path, steps: int) -> None:
+    """Continue a copy of the run at `start` for `steps` steps with branch `name`'s change (resumable)."""
+    if not (out / STATE_FILE).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(start / "checkpoint", out / "checkpoint", dirs_exist_ok=True)
+        shutil.copy2(start / STATE_FILE, out / STATE_FILE)
+    remaining = saved_step(start) + steps - saved_step(out)
+    if remaining <= 0:
+        return
+    args = ["--corpus", str(corpus), "--tokenizer", str(tokenizer), "--out", str(out), "--resume",
+            "--steps", str(remaining), "--eval-every", "0", "--checkpoint-minutes", "5"]
+    for key, value in BRANCH_PILOTS[name].items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    train_main(args)
+
+
+def score_branches(corpus: Path, out: Path, start: Path, holes: int) -> list[dict]:
+    """Every branch pilot scored as `score_pilots` scores pilots, with its paired difference to the unchanged one."""
+    mixed = evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=0)
+    line_ends = evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=1, kinds=("line_end",))
+    begin = torch.load(start / STATE_FILE, weights_only=False, map_location="cpu")
+    rows, baseline = [], None
+    for name in BRANCH_PILOTS:
+        run = out / name
+        score = evaluate.score_checkpoint(run / "checkpoint", mixed, corpus, loss_batches=8, max_prompt_tokens=256)
+        line_end = evaluate.score_checkpoint(run / "checkpoint", line_ends, corpus, loss_batches=0,
+                                             max_prompt_tokens=256)
+        similarities = score.edit_similarities + line_end.edit_similarities
+        baseline = baseline or similarities
+        differences = [a - b for a, b in zip(similarities, baseline)]
+        saved = torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")
+        rows.append({"pilot": name, "changes": BRANCH_PILOTS[name], "branch_step": begin["step"],
+                     "tokens": saved["tokens_seen"] - begin["tokens_seen"], "steps": saved["step"] - begin["step"],
+                     "exact_match": score.exact_match, "edit_similarity": score.edit_similarity,
+                     "line_end_exact_match": line_end.exact_match,
+                     "line_end_edit_similarity": line_end.edit_similarity, "heldout_loss": score.loss,
+                     "paired_edit_similarity_difference": round(statistics.fmean(differences), 4),
+                     "standard_error": round(statistics.stdev(differences) / len(differences) ** 0.5, 4),
+                     "holes": holes})
+    return rows
+
+
+def branch_markdown(rows: list[dict]) -> str:
+    lines = ["| branch | tokens | held-out AR CE | held-out diffusion CE | edit sim | line-end EM | line-end edit sim | "
+             "edit sim − unchanged (both sets) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['pilot']} | {r['tokens'] / 1e6:.2f}M | {r['heldout_loss']['ar_loss']} "
+                     f"| {r['heldout_loss']['diffusion_loss']} | {r['edit_similarity']} | "
+                     f"{r['line_end_exact_match']:.3f} | {r['line_end_edit_similarity']} | "
+                     f"{r['paired_edit_similarity_difference']:+.4f} ± {r['standard_error']:.4f} |")
+    return "\n".join(lines)
 
 
 def training_seconds(out: Path) -> float:
@@ -114,7 +185,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--holes", type=int, default=200, help="held-out holes per score")
     parser.add_argument("--only", help="comma-separated pilot names (default: all)")
     parser.add_argument("--report", action="store_true", help="only score the finished pilots")
+    parser.add_argument("--branch-from", type=Path, metavar="RUN", help="run the branch pilots from this run's state")
+    parser.add_argument("--steps", type=int, default=350, help="training steps per branch pilot")
     args = parser.parse_args(argv)
+    if args.branch_from:
+        if not args.report:
+            for name in BRANCH_PILOTS:
+                train_branch(name, args.branch_from, args.corpus, args.tokenizer, args.out / name, args.steps)
+        rows = score_branches(args.corpus, args.out, args.branch_from, args.holes)
+        with (args.out / SCORES_FILE).open("a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        print(branch_markdown(rows))
+        return
     names = args.only.split(",") if args.only else list(PILOTS)
     unknown = sorted(set(names) - set(PILOTS))
     if unknown:

@@ -31,7 +31,7 @@ from engine.model import DiffusionGemma
 from engine.training import evaluate
 from engine.training.corpus import load_documents
 from engine.training.fim import HOLE_MIXES, FimBatchStream
-from engine.training.objective import TrainSettings, initialise, model_config, training_loss
+from engine.training.objective import NOISE_SCHEDULES, TrainSettings, initialise, model_config, training_loss
 from engine.training.tokenizer import EOS_ID, PAD_ID, load_tokenizer
 
 STATE_FILE = "training_state.pt"
@@ -104,18 +104,24 @@ class Run:
         return loss, diffusion_loss, ar_loss
 
 
+# Settings a resumed run may change from its next step on: `total_steps` extends the cosine schedule (the learning
+# rate changes from then on), `noise_schedule` changes which noise levels the next batches train on. Neither changes
+# the model's shape, the data order or the optimizer's state.
+CHANGEABLE_ON_RESUME = ("total_steps", "noise_schedule")
+
+
 def settings_from(args: argparse.Namespace, saved: dict | None) -> TrainSettings:
-    """A resumed run keeps its saved settings; only `total_steps` may be raised on the command line (it extends the
-    cosine schedule, which changes the learning rate from then on)."""
+    """A resumed run keeps its saved settings, but for those in CHANGEABLE_ON_RESUME given on the command line."""
     given = {k: v for k, v in vars(args).items() if k in TrainSettings.__dataclass_fields__ and v is not None}
     if saved is None:
         return TrainSettings(**given)
     settings = TrainSettings(**{**asdict(TrainSettings()), **saved})
-    changed = sorted(k for k, v in given.items() if k != "total_steps" and getattr(settings, k) != v)
+    changed = sorted(k for k, v in given.items() if k not in CHANGEABLE_ON_RESUME and getattr(settings, k) != v)
     if changed:
         raise SystemExit(f"--resume keeps the run's settings; these differ from it: {', '.join(changed)}")
-    if "total_steps" in given:
-        settings.total_steps = given["total_steps"]
+    for name in CHANGEABLE_ON_RESUME:
+        if name in given:
+            setattr(settings, name, given[name])
     return settings
 
 
@@ -129,6 +135,8 @@ def train(args: argparse.Namespace) -> None:
     documents = load_documents(Path(args.corpus), "train")
     if settings.hole_mix not in HOLE_MIXES:
         raise SystemExit(f"--hole-mix must be one of {', '.join(HOLE_MIXES)}, got {settings.hole_mix!r}")
+    if settings.noise_schedule not in NOISE_SCHEDULES:
+        raise SystemExit(f"--noise-schedule must be one of {', '.join(NOISE_SCHEDULES)}, got {settings.noise_schedule!r}")
     stream = FimBatchStream(documents, tokenizer, settings.batch_size, settings.max_prompt_tokens,
                             settings.canvas_length, seed=settings.seed, kind_weights=HOLE_MIXES[settings.hole_mix])
     run = Run(settings, tokenizer.get_vocab_size(), stream)
