@@ -15,7 +15,8 @@ from engine.model import DiffusionGemma
 from engine.training import evaluate
 from engine.training.fim import FimBatchStream
 from engine.training.tokenizer import train_tokenizer
-from engine.training.objective import NOISE_SCHEDULES, TrainingStore, TrainSettings, initialise, model_config, training_loss
+from engine.training.objective import (NOISE_SCHEDULES, TrainingStore, TrainSettings, initialise, model_config,
+                                       training_loss)
 from engine.training.pilots import BRANCH_PILOTS
 from engine.training.pilots import main as pilots_main
 from engine.training.train import main as train_main

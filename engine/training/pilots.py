@@ -127,8 +127,8 @@ def score_branches(corpus: Path, out: Path, start: Path, holes: int) -> list[dic
 
 
 def branch_markdown(rows: list[dict]) -> str:
-    lines = ["| branch | tokens | held-out AR CE | held-out diffusion CE | edit sim | line-end EM | line-end edit sim | "
-             "edit sim − unchanged (both sets) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| branch | tokens | held-out AR CE | held-out diffusion CE | edit sim | line-end EM | "
+             "line-end edit sim | edit sim − unchanged (both sets) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['pilot']} | {r['tokens'] / 1e6:.2f}M | {r['heldout_loss']['ar_loss']} "
                      f"| {r['heldout_loss']['diffusion_loss']} | {r['edit_similarity']} | "

@@ -136,7 +136,8 @@ def train(args: argparse.Namespace) -> None:
     if settings.hole_mix not in HOLE_MIXES:
         raise SystemExit(f"--hole-mix must be one of {', '.join(HOLE_MIXES)}, got {settings.hole_mix!r}")
     if settings.noise_schedule not in NOISE_SCHEDULES:
-        raise SystemExit(f"--noise-schedule must be one of {', '.join(NOISE_SCHEDULES)}, got {settings.noise_schedule!r}")
+        raise SystemExit(f"--noise-schedule must be one of {', '.join(NOISE_SCHEDULES)}, "
+                         f"got {settings.noise_schedule!r}")
     stream = FimBatchStream(documents, tokenizer, settings.batch_size, settings.max_prompt_tokens,
                             settings.canvas_length, seed=settings.seed, kind_weights=HOLE_MIXES[settings.hole_mix])
     run = Run(settings, tokenizer.get_vocab_size(), stream)
