@@ -185,10 +185,10 @@ class InfillPipeline:
         overrides: dict[str, Any] = {"sampling": "fast"}
         if settings.denoising_steps is not None:
             overrides["max_denoising_steps"] = settings.denoising_steps
+        prefix = context.prompt_prefix()
         result = self.model.infill(
-            context.prompt_prefix(), context.suffix, max_new_tokens=settings.max_new_tokens,
-            num_candidates=settings.candidates, seed=request_seed(settings.seed, context.prompt_prefix(), context.suffix),
-            on_canvas=on_canvas, cancelled=cancelled,
+            prefix, context.suffix, max_new_tokens=settings.max_new_tokens, num_candidates=settings.candidates,
+            seed=request_seed(settings.seed, prefix, context.suffix), on_canvas=on_canvas, cancelled=cancelled,
             **overrides,
         )
         known = {candidate.text for candidate in result.candidates}
@@ -196,8 +196,7 @@ class InfillPipeline:
                   if middle not in known]
         candidates = [*result.candidates, *extras]
         if settings.rerank and len(candidates) > 1 and isinstance(self.model, Engine):
-            scores = self.model.score_middles(context.prompt_prefix(), context.suffix,
-                                              [candidate.text for candidate in candidates])
+            scores = self.model.score_middles(prefix, context.suffix, [candidate.text for candidate in candidates])
             candidates = [replace(candidate, score=score) for candidate, score in zip(candidates, scores)]
         return replace(result, candidates=candidates)
 
