@@ -8,6 +8,8 @@ graph that is never recompiled across steps, canvases and prompt lengths within 
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import replace
 
 import pytest
@@ -245,4 +247,19 @@ def test_the_step_compiles_in_the_background_and_matches_eager(model, tmp_path, 
     torch.testing.assert_close(compiled.signal, eager.signal, rtol=1e-4, atol=1e-4)
     assert (compiled.argmax == eager.argmax).float().mean() > 0.9
     assert any((tmp_path / "inductor").iterdir())  # the artifacts went to the cache directory
+
+    # The CPU step is compiled with the weights frozen into it, and its artifacts are cached by the graph and the
+    # weights' shapes: a model of the same shape with other weights must get its own numbers, not the cached ones.
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(-1.5)
+    other_step = DenoisingStep(other, compile=True)
+    with torch.inference_mode():
+        other_eager, _ = other_step.eager(store, state, *draws)
+        other_step(store, state, *draws)
+        other_step.wait(timeout=600)
+        other_compiled, _ = other_step(store, state, *draws)
+    assert other_step.compile_seconds and not torch.allclose(other_eager.signal, eager.signal, atol=1e-2)
+    torch.testing.assert_close(other_compiled.signal, other_eager.signal, rtol=1e-4, atol=1e-4)
     torch._dynamo.reset()
