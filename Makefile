@@ -27,7 +27,7 @@ infill: install
 # One piece of the embedded model's training campaign (see the model card): resumes runs/train exactly, or starts
 # from the shipped weights when that state is lost. MINUTES of one thread; stop any time (it checkpoints).
 MINUTES ?= 120
-CAMPAIGN := --precision bfloat16 --hole-mix editor --canvas-length 16 --learning-rate 0.002 --warmup-steps 200 \
+CAMPAIGN := --precision bfloat16 --hole-mix editor --canvas-length 16 --noise-schedule high --learning-rate 0.002 --warmup-steps 200 \
 	--total-steps 20000 --checkpoint-minutes 10 --eval-every 3 --eval-holes 100
 train: install
 	test -f runs/corpus/train.jsonl || $(PY) -m engine.training.corpus build --out runs/corpus
