@@ -1,6 +1,7 @@
 """Benchmark: inline-completion latency through the real server over stdio, on a 2,000-line Python file.
 
     python benchmarks/server_latency.py [--model embedded|PATH] [--runs 30] [--file PATH] [--settings JSON]
+                                        [--in-process]
 
 Starts ``python -m lsp_server`` as an editor would, opens the file, and for ``--runs`` fresh cursor positions (the
 end of a random code line) measures, from sending textDocument/inlineCompletion to receiving the answer:
@@ -13,9 +14,13 @@ end of a random code line) measures, from sending textDocument/inlineCompletion 
   typed-ahead  after typing the first character of the suggestion: its rest, no context, no model
 
 Each case is checked against the server's diffgemma/stats counters (a request that took another path is
-reported). Prints p50 / p90 / mean in milliseconds. The server runs with its serving step compiled (unless
---settings says '{"compile": false}'); measuring starts once the compilation it started at load is done, and the
-time to get there is printed. Targets (issue 14) on this CPU with the embedded model: p50 <= 100 ms cold,
+reported), and the engine's own time in each cold and warm run is read from them too. With --in-process, the cold
+completions are then made again in this process by the server's pipeline (`InfillPipeline.complete`, same model,
+settings and positions, compiled): the server's cost beyond the pipeline is the ratio printed.
+
+Prints p50 / p90 / mean in milliseconds. The server runs with its serving step compiled (unless --settings says
+'{"compile": false}'); measuring starts once the compilation it started at load is done, and the time to get there
+is printed. Targets (issue 14) on this CPU with the embedded model: p50 <= 100 ms cold,
 <= 60 ms warm, <= 5 ms typed-ahead.
 """
 
@@ -28,12 +33,16 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 
 from fixtures.support import large_python_source  # noqa: E402  (the tests' realistic module generator)
+from lsp_server.documents import Document  # noqa: E402
+from lsp_server.pipeline import InfillPipeline, load_model  # noqa: E402
+from lsp_server.settings import Settings, apply_changes  # noqa: E402
 from lsp_server.stats import percentile  # noqa: E402
 from lsp_support import edit, inline, open_document, start_client, stats, stop_client  # noqa: E402
 
@@ -107,6 +116,7 @@ async def measure(args: argparse.Namespace) -> None:
             await sample("typed-ahead", line, end + 1)
     final = await stats(client)
     await stop_client(client)
+    in_process = measure_in_process(args, lines, chosen[1:]) if args.in_process else None
 
     print(f"diffgemma-lsp inline completion latency over stdio: {len(lines)}-line Python file, "
           f"{args.runs} cursor positions, client-side wall time")
@@ -134,6 +144,36 @@ async def measure(args: argparse.Namespace) -> None:
               f"{statistics.fmean(p for _, p in encoded):.0f} prompt tokens on average")
     print(f"server counters: {final['modelRuns']} model runs, {final['cacheHits']} cache hits, "
           f"{final['typedAheadHits']} typed-ahead hits; last run {final['lastRun']}")
+    if in_process:
+        total, engine = in_process
+        print(f"\nin-process, the same cold positions and settings in this process, after the server stopped "
+              f"(InfillPipeline.complete): {statistics.median(total):.1f} ms p50, of which the engine's generation "
+              f"{statistics.median(engine):.1f} ms; the server's cold p50 is "
+              f"{percentile(sorted(samples['cold']), 50) / statistics.median(total):.2f}x that")
+
+
+def measure_in_process(args: argparse.Namespace, lines: list[str], positions: list[int]
+                       ) -> tuple[list[float], list[float]]:
+    """Milliseconds of `InfillPipeline.complete` per cold position and the engine's share, with the server's
+    settings and model, compiled and waited for as the server's were: what the server costs beyond the pipeline."""
+    settings, problems = apply_changes(Settings(), {"compile": True, **(args.settings or {})})
+    if problems:
+        raise SystemExit("; ".join(problems))
+    settings = replace(settings, model=args.model)
+    model = load_model(settings)
+    while model.compile_status()["compiling"]:
+        time.sleep(0.25)
+    pipeline = InfillPipeline(model)
+    document = Document(URI, "\n".join(lines), "python")
+    pipeline.complete(document, (positions[0], len(lines[positions[0]])), settings)  # first-run costs
+    total, engine = [], []
+    for line in positions:
+        started = time.perf_counter()
+        completion = pipeline.complete(document, (line, len(lines[line])), settings)
+        total.append((time.perf_counter() - started) * 1000.0)
+        if completion.result is not None:
+            engine.append(completion.result.generation.wall_time_s * 1000.0)
+    return total, engine
 
 
 def main() -> None:
@@ -144,6 +184,8 @@ def main() -> None:
     parser.add_argument("--file", type=Path, help="a Python file to use instead of the generated 2,000 lines")
     parser.add_argument("--settings", type=json.loads, help="initializationOptions as JSON, e.g. '{\"candidates\": 2}'")
     parser.add_argument("--seed", type=int, default=0, help="chooses the cursor positions")
+    parser.add_argument("--in-process", action="store_true",
+                        help="then time the same cold completions in this process, without the server")
     asyncio.run(measure(parser.parse_args()))
 
 
