@@ -9,9 +9,10 @@ an editor would send it: the document is the file with the hole emptied, the cur
 configuration runs on the same holes with the same seeds. Prints exact match and edit similarity of the first
 suggestion per configuration, how often it is a copied line, and the p50 time of a completion.
 
-Configurations: one candidate (the server's default); four candidates ranked by the model's tokens per forward
-(today's ranking); four reranked by the model's likelihood of each between prefix and suffix (``rerank``); and each
-of those with up to four line endings copied from the document (``documentCandidates``).
+Configurations: the model's candidates alone, one, or four ranked by the model's tokens per forward, or four
+reranked by the model's likelihood of each between prefix and suffix (``rerank``); and one or four candidates with up
+to four line endings copied from the document (``documentCandidates``), reranked. The server's default is one
+candidate with the copied lines, reranked.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from lsp_server.documents import Document  # noqa: E402
 from lsp_server.pipeline import InfillPipeline, load_model  # noqa: E402
 from lsp_server.settings import Settings  # noqa: E402
 
+# Every setting the configurations differ in is explicit: the server's defaults are one of them.
 CONFIGURATIONS = {
-    "1 candidate": {"candidates": 1},
-    "4 candidates, tokens/forward": {"candidates": 4},
-    "4 candidates, reranked": {"candidates": 4, "rerank": True},
-    "1 candidate + document lines, reranked": {"candidates": 1, "document_candidates": 4, "rerank": True},
+    "1 candidate": {"candidates": 1, "document_candidates": 0, "rerank": False},
+    "4 candidates, tokens/forward": {"candidates": 4, "document_candidates": 0, "rerank": False},
+    "4 candidates, reranked": {"candidates": 4, "document_candidates": 0, "rerank": True},
+    "1 candidate + document lines, reranked (the default)": {"candidates": 1, "document_candidates": 4,
+                                                             "rerank": True},
     "4 candidates + document lines, reranked": {"candidates": 4, "document_candidates": 4, "rerank": True},
 }
 

@@ -127,11 +127,11 @@ def score_branches(corpus: Path, out: Path, start: Path, holes: int) -> list[dic
 
 
 def branch_markdown(rows: list[dict]) -> str:
-    lines = ["| branch | tokens | held-out AR CE | held-out diffusion CE | edit sim | line-end EM | "
-             "line-end edit sim | edit sim − unchanged (both sets) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| branch | tokens | held-out AR CE | held-out diffusion CE | edit sim | exact match | line-end EM | "
+             "line-end edit sim | edit sim − unchanged (both sets) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['pilot']} | {r['tokens'] / 1e6:.2f}M | {r['heldout_loss']['ar_loss']} "
-                     f"| {r['heldout_loss']['diffusion_loss']} | {r['edit_similarity']} | "
+                     f"| {r['heldout_loss']['diffusion_loss']} | {r['edit_similarity']} | {r['exact_match']:.3f} | "
                      f"{r['line_end_exact_match']:.3f} | {r['line_end_edit_similarity']} | "
                      f"{r['paired_edit_similarity_difference']:+.4f} ± {r['standard_error']:.4f} |")
     return "\n".join(lines)
