@@ -52,7 +52,7 @@ async def completion_and_canvases(client, msg_id: str) -> tuple[list[str], list[
 
 
 async def test_remote_completions_equal_in_process_ones(checkpoint, serve):
-    settings = {"seed": 11, "candidates": 2, "maxNewTokens": 32}
+    settings = {"seed": 11, "candidates": 2, "maxNewTokens": 32, "canvasNotifications": True}
     local = await start_client(checkpoint, settings=settings)
     expected, expected_canvases = await completion_and_canvases(local, "local")
     await stop_client(local)
@@ -75,7 +75,8 @@ async def test_cancel_request_mid_stream_frees_the_remote_engine(tmp_path_factor
     slow = str(cached_checkpoint(tmp_path_factory.getbasetemp(), kind="random", denoising_steps=64))
     process, url = start_serve(slow)
     try:
-        client = await start_client(url + "/v1", settings={"tokenizer": slow, "maxNewTokens": 256})
+        client = await start_client(url + "/v1", settings={"tokenizer": slow, "maxNewTokens": 256,
+                                                            "canvasNotifications": True})
         open_document(client, URI, SOURCE)
         request = client.protocol.send_request(
             types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(URI, 1, len(LINE)), msg_id="long")

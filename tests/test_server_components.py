@@ -26,7 +26,7 @@ def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
         "quantization": None, "canvasLength": None, "maxPromptTokens": 256,
         "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "threads": None,
         "enabledLanguages": ["*"],
-        "cacheSize": 256, "canvasNotifications": True,
+        "cacheSize": 256, "canvasNotifications": False,
         "documentCandidates": 4, "rerank": True,
         "apiKey": None, "remoteModel": None, "requestTimeout": 10.0, "tlsVerify": True, "tokenizer": None,
     }

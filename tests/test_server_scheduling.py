@@ -16,7 +16,8 @@ from lsp_support import inline_params, insert, open_document, start_client, stat
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # Every run takes 4 canvases x 64 denoising steps (about a second here), far longer than a burst of requests.
-SETTINGS = {"denoisingSteps": 64, "maxNewTokens": 64, "documentCandidates": 0}  # the model's candidate only
+# the model's candidate only, its steps streamed (the cancellation test watches them)
+SETTINGS = {"denoisingSteps": 64, "maxNewTokens": 64, "documentCandidates": 0, "canvasNotifications": True}
 LINE = "        result += "
 SOURCE = f"def total(items):\n    result = 0\n    for item in items:\n{LINE}\n    return result\n"
 

@@ -20,7 +20,8 @@ SOURCE = f"def total(items):\n    result = 0\n    for item in items:\n{LINE}\n  
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def client(tmp_path_factory):
     checkpoint = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant")
-    client = await start_client(str(checkpoint), settings={"maxNewTokens": 32})  # two canvases of 8 steps
+    # two canvases of 8 steps, streamed (canvasNotifications is opt-in)
+    client = await start_client(str(checkpoint), settings={"maxNewTokens": 32, "canvasNotifications": True})
     yield client
     await stop_client(client)
 

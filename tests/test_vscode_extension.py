@@ -127,11 +127,11 @@ def test_contributed_settings_are_the_servers_settings(node: str) -> None:
     assert set(result["defaults"]) == wire_names - SERVER_ONLY_SETTINGS
     assert REMOTE_SETTINGS <= declared
 
-    # package.json's defaults, as the extension sends them, are the server's own (Neovim draws no canvas
-    # preview, VS Code only when asked: canvasNotifications is the one default the extension changes).
+    # package.json's defaults, as the extension sends them, are the server's own (the canvas preview is drawn
+    # only when asked, as the server streams it only when asked).
     settings, problems = apply_changes(Settings(), {"diffgemma": result["defaults"]})
     assert problems == []
-    assert settings == Settings(canvas_notifications=False)
+    assert settings == Settings()
 
 
 def test_remote_settings_reach_the_server_as_it_expects_them(node: str) -> None:
