@@ -102,39 +102,21 @@ def train_branch(name: str, start: Path, corpus: Path, tokenizer: Path, out: Pat
 
 def score_branches(corpus: Path, out: Path, start: Path, holes: int) -> list[dict]:
     """Every branch pilot scored as `score_pilots` scores pilots, with its paired difference to the unchanged one."""
-    mixed = evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=0)
-    line_ends = evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=1, kinds=("line_end",))
+    sets = held_out_sets(corpus, holes)
     begin = torch.load(start / STATE_FILE, weights_only=False, map_location="cpu")
     rows, baseline = [], None
     for name in BRANCH_PILOTS:
         run = out / name
-        score = evaluate.score_checkpoint(run / "checkpoint", mixed, corpus, loss_batches=8, max_prompt_tokens=256)
-        line_end = evaluate.score_checkpoint(run / "checkpoint", line_ends, corpus, loss_batches=0,
-                                             max_prompt_tokens=256)
-        similarities = score.edit_similarities + line_end.edit_similarities
+        scores, similarities = held_out_scores(run / "checkpoint", sets, corpus)
         baseline = baseline or similarities
         differences = [a - b for a, b in zip(similarities, baseline)]
         saved = torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")
         rows.append({"pilot": name, "changes": BRANCH_PILOTS[name], "branch_step": begin["step"],
                      "tokens": saved["tokens_seen"] - begin["tokens_seen"], "steps": saved["step"] - begin["step"],
-                     "exact_match": score.exact_match, "edit_similarity": score.edit_similarity,
-                     "line_end_exact_match": line_end.exact_match,
-                     "line_end_edit_similarity": line_end.edit_similarity, "heldout_loss": score.loss,
-                     "paired_edit_similarity_difference": round(statistics.fmean(differences), 4),
+                     **scores, "paired_edit_similarity_difference": round(statistics.fmean(differences), 4),
                      "standard_error": round(statistics.stdev(differences) / len(differences) ** 0.5, 4),
                      "holes": holes})
     return rows
-
-
-def branch_markdown(rows: list[dict]) -> str:
-    lines = ["| branch | tokens | held-out AR CE | held-out diffusion CE | edit sim | exact match | line-end EM | "
-             "line-end edit sim | edit sim − unchanged (both sets) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['pilot']} | {r['tokens'] / 1e6:.2f}M | {r['heldout_loss']['ar_loss']} "
-                     f"| {r['heldout_loss']['diffusion_loss']} | {r['edit_similarity']} | {r['exact_match']:.3f} | "
-                     f"{r['line_end_exact_match']:.3f} | {r['line_end_edit_similarity']} | "
-                     f"{r['paired_edit_similarity_difference']:+.4f} ± {r['standard_error']:.4f} |")
-    return "\n".join(lines)
 
 
 def training_seconds(out: Path) -> float:
@@ -145,32 +127,49 @@ def training_seconds(out: Path) -> float:
                for previous, r in zip([{"tokens": 0}] + steps, steps))
 
 
+def held_out_sets(corpus: Path, holes: int) -> tuple[list, list]:
+    """The pilots' fixed held-out holes: the training mix, and line ends."""
+    return (evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=0),
+            evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=1, kinds=("line_end",)))
+
+
+def held_out_scores(checkpoint: Path, sets: tuple[list, list], corpus: Path) -> tuple[dict, list[float]]:
+    """A checkpoint's scores on both sets and the loss on 8 held-out batches; and its edit similarity per hole."""
+    mixed, line_ends = sets
+    score = evaluate.score_checkpoint(checkpoint, mixed, corpus, loss_batches=8, max_prompt_tokens=256)
+    line_end = evaluate.score_checkpoint(checkpoint, line_ends, corpus, loss_batches=0, max_prompt_tokens=256)
+    return ({"exact_match": score.exact_match, "edit_similarity": score.edit_similarity,
+             "line_end_exact_match": line_end.exact_match, "line_end_edit_similarity": line_end.edit_similarity,
+             "heldout_loss": score.loss}, score.edit_similarities + line_end.edit_similarities)
+
+
 def score_pilots(corpus: Path, out: Path, names: list[str], holes: int) -> list[dict]:
-    mixed = evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=0)
-    line_ends = evaluate.held_out_holes(corpus, holes, canvas_length=16, seed=1, kinds=("line_end",))
+    sets = held_out_sets(corpus, holes)
     rows = []
     for name in names:
         run = out / name
-        checkpoint = run / "checkpoint"
-        score = evaluate.score_checkpoint(checkpoint, mixed, corpus, loss_batches=8, max_prompt_tokens=256)
-        line_end = evaluate.score_checkpoint(checkpoint, line_ends, corpus, loss_batches=0, max_prompt_tokens=256)
+        scores, _ = held_out_scores(run / "checkpoint", sets, corpus)
         saved = torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")
         rows.append({"pilot": name, "changes": PILOTS[name], "tokens": saved["tokens_seen"], "steps": saved["step"],
                      "cpu_minutes": round(training_seconds(run) / 60, 1), "settings": asdict(pilot_settings(name)),
-                     "exact_match": score.exact_match, "edit_similarity": score.edit_similarity,
-                     "line_end_exact_match": line_end.exact_match,
-                     "line_end_edit_similarity": line_end.edit_similarity, "heldout_loss": score.loss,
-                     "holes": holes})
+                     **scores, "holes": holes})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| pilot | tokens | CPU min | held-out AR CE | held-out diffusion CE | edit sim | exact match | "
-             "line-end EM | line-end edit sim |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The pilot table; branch pilots (rows with a paired difference) have that column instead of CPU minutes."""
+    branches = bool(rows) and "paired_edit_similarity_difference" in rows[0]
+    header = ["branch" if branches else "pilot", "tokens", *([] if branches else ["CPU min"]), "held-out AR CE",
+              "held-out diffusion CE", "edit sim", "exact match", "line-end EM", "line-end edit sim",
+              *(["edit sim − unchanged (both sets)"] if branches else [])]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in rows:
-        lines.append(f"| {r['pilot']} | {r['tokens'] / 1e6:.2f}M | {r['cpu_minutes']} | {r['heldout_loss']['ar_loss']} "
-                     f"| {r['heldout_loss']['diffusion_loss']} | {r['edit_similarity']} | {r['exact_match']:.3f} "
-                     f"| {r['line_end_exact_match']:.3f} | {r['line_end_edit_similarity']} |")
+        cells = [r["pilot"], f"{r['tokens'] / 1e6:.2f}M", *([] if branches else [r["cpu_minutes"]]),
+                 r["heldout_loss"]["ar_loss"], r["heldout_loss"]["diffusion_loss"], r["edit_similarity"],
+                 f"{r['exact_match']:.3f}", f"{r['line_end_exact_match']:.3f}", r["line_end_edit_similarity"]]
+        if branches:
+            cells.append(f"{r['paired_edit_similarity_difference']:+.4f} ± {r['standard_error']:.4f}")
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
 
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         with (args.out / SCORES_FILE).open("a") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-        print(branch_markdown(rows))
+        print(markdown(rows))
         return
     names = args.only.split(",") if args.only else list(PILOTS)
     unknown = sorted(set(names) - set(PILOTS))
