@@ -93,13 +93,6 @@ def denoising_step(model: DiffusionGemma, store: SharedPrefixKV, state: StepStat
     return StepState(canvas, argmax, signal, torch.ones_like(state.sc_mask), done, history), accepted
 
 
-# On the CPU a compiled step of the embedded model is mostly per-call overhead: a C++ wrapper instead of the Python
-# one that calls each kernel (12 % of a step), and weights frozen into the graph so the matmuls use pre-packed
-# oneDNN weights (5 %), measured interleaved at 11.4 ms against 13.4 ms. Freezing keeps a second, packed copy of the
-# weights; CUDA takes its launch overhead away with a CUDA graph instead.
-CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "freezing": True}
-
-
 def compile_cache_dir() -> Path:
     """Where torch keeps compiled artifacts across restarts ($TORCHINDUCTOR_CACHE_DIR, else the user cache)."""
     configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -182,8 +175,7 @@ class DenoisingStep:
             # On CUDA the compiled step is also replayed as a CUDA graph (one launch per step): the step mutates
             # none of its inputs (engine.cache.SharedPrefixKV.attend) and its shapes are static.
             self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False,
-                                           mode="reduce-overhead" if self.cuda_graphs else None,
-                                           options=None if self.cuda_graphs else dict(CPU_COMPILE_OPTIONS))
+                                           mode="reduce-overhead" if self.cuda_graphs else None)
         copies = _clone((store, state, args))  # the request goes on with its own tensors
         # OpenMP keeps its thread count per thread, and the compiled kernels are built for the compiling thread's:
         # the caller's, not the default of every core.

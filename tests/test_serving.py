@@ -248,8 +248,8 @@ def test_the_step_compiles_in_the_background_and_matches_eager(model, tmp_path, 
     assert (compiled.argmax == eager.argmax).float().mean() > 0.9
     assert any((tmp_path / "inductor").iterdir())  # the artifacts went to the cache directory
 
-    # The CPU step is compiled with the weights frozen into it, and its artifacts are cached by the graph and the
-    # weights' shapes: a model of the same shape with other weights must get its own numbers, not the cached ones.
+    # Compiled artifacts are cached on disk by the graph: a model of the same shape with other weights must get
+    # its own numbers, not the cached ones.
     other = copy.deepcopy(model)
     with torch.no_grad():
         for parameter in other.parameters():
