@@ -316,7 +316,6 @@ class Document:
         self._text: str | None = None
         self._lines = LineIndex(source)
         self._segments = [_Segment(0, len(source), 0, None)]
-        self._insertions.clear()
         self._segments_changed()
 
     def _segments_changed(self) -> None:
