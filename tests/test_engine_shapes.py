@@ -105,6 +105,33 @@ def test_expert_routing_is_one_graph_without_host_syncs():
     assert ends.tolist() == torch.bincount(index.reshape(-1), minlength=4).cumsum(0).tolist()
 
 
+def fp32_experts(tokens: int = 5):
+    generator = torch.Generator().manual_seed(tokens)
+    experts, hidden, width, top_k = 4, 128, 64, 2  # wide enough that the two paths round differently
+    return (torch.randn(tokens, hidden, generator=generator), torch.randn(experts, 2 * width, hidden, generator=generator),
+            torch.randn(experts, hidden, width, generator=generator),
+            torch.randint(0, experts, (tokens, top_k), generator=generator), torch.rand(tokens, top_k, generator=generator))
+
+
+def test_fp32_experts_trace_as_one_graph():
+    """Traced, fp32 experts take the all-experts product (the eager loop reads group sizes on the host)."""
+    args = fp32_experts()
+    explanation = torch._dynamo.explain(moe.moe_experts)(*args)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_eager_experts_keep_their_path_while_another_thread_compiles():
+    """torch holds `torch.compiler.is_compiling()` True process-wide for a whole compile session (what dynamo enters
+    on the compiling thread), so the serving step's background compile made every eager call take the traced
+    path: exact-mode logits then differed from the reference's in the last bits. Only dynamo's own trace may."""
+    args = fp32_experts()
+    eager = moe.moe_experts(*args)
+    with torch.compiler._compile_session_context():
+        assert torch.compiler.is_compiling()  # what eager code on any thread sees during a compile
+        during = moe.moe_experts(*args)
+    assert torch.equal(during, eager)
+
+
 def test_a_bf16_denoising_step_traces_as_one_graph(checkpoint):
     """No host reads inside the decoder forward (routing by searchsorted, expert groups padded into a buffer of the
     largest size the padding can take): torch.compile sees one graph, the precondition of a compiled serving step."""

@@ -110,7 +110,10 @@ def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.
     # off a call it would fail to trace.
     if _grouped_mm is not None and rows.dtype == torch.bfloat16:
         return _grouped_mm(rows, weight.transpose(-2, -1), offs=group_ends)
-    if torch.compiler.is_compiling():
+    # is_dynamo_compiling, not is_compiling: torch holds is_compiling's flag True for a whole compile session, process
+    # wide, so eager calls on other threads (requests served while the step compiles in the background) would take
+    # this path too, with other rounding than the exact engine's.
+    if torch.compiler.is_dynamo_compiling():
         # The loop below needs the group sizes on the host, which would split the graph. Traced, every expert
         # multiplies every row and each row keeps its own expert's product: E/K times the FLOPs, for the small
         # fp32/fp16 models that run where bf16 is not native.
