@@ -81,7 +81,9 @@ def test_direct_and_server_back_ends_run_the_same_pipeline(tmp_path, checkpoint)
 
 def test_dtype_option_reaches_the_pipeline(checkpoint):
     for dtype, expected in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        pipeline, settings = load_pipeline(CompleterSettings(backend="direct", model=checkpoint, seed=0, dtype=dtype))
+        # compile=False: a background compile would outlive this test and take a core from the ones after it
+        pipeline, settings = load_pipeline(CompleterSettings(backend="direct", model=checkpoint, seed=0, dtype=dtype,
+                                                             compile=False))
         assert settings.dtype == dtype and pipeline.model.dtype == expected
 
 

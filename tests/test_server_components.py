@@ -62,7 +62,7 @@ def test_model_threads_leave_a_core_to_the_loop_and_are_set_on_the_thread_that_r
     assert intra_op_threads(None) == max(1, usable - 1)
     assert intra_op_threads(3) == 3
     checkpoint = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="constant")
-    settings = Settings(model=str(checkpoint), threads=1)
+    settings = Settings(model=str(checkpoint), threads=1, compile=False)  # no compile outliving the test
     pipeline = InfillPipeline(load_engine(settings))
     document = Document("file:///t.py", "def f():\n    return \n")
     context = pipeline.context(document, (1, 11), settings, invoked=True)
@@ -88,7 +88,8 @@ def test_a_set_seed_is_mixed_with_the_prompt_so_holes_do_not_share_their_noise(t
     assert request_seed(3, "x", " = 1") != request_seed(3, "x ", "= 1")  # where the hole is counts
 
     checkpoint = cached_checkpoint(tmp_path_factory.getbasetemp(), kind="random")
-    settings = Settings(model=str(checkpoint), seed=3, threads=1, rerank=False, document_candidates=0)
+    # compile=False: the compiled step, ready between two calls, would round differently from the eager one
+    settings = Settings(model=str(checkpoint), seed=3, threads=1, rerank=False, document_candidates=0, compile=False)
     pipeline = InfillPipeline(load_engine(settings))
     context = pipeline.context(Document("file:///t.py", "def f():\n    return \n"), (1, 11), settings, invoked=True)
     texts = [c.text for c in pipeline.generate(context, settings).candidates]
