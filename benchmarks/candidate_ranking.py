@@ -34,13 +34,17 @@ from lsp_server.settings import Settings  # noqa: E402
 
 # Every setting the configurations differ in is explicit: the server's defaults are one of them.
 CONFIGURATIONS = {
-    "1 candidate": {"candidates": 1, "document_candidates": 0, "rerank": False},
-    "4 candidates, tokens/forward": {"candidates": 4, "document_candidates": 0, "rerank": False},
-    "4 candidates, reranked": {"candidates": 4, "document_candidates": 0, "rerank": True},
+    "1 candidate": {"candidates": 1, "document_candidates": 0, "greedy_tokens": 0, "rerank": False},
+    "4 candidates, tokens/forward": {"candidates": 4, "document_candidates": 0, "greedy_tokens": 0, "rerank": False},
+    "4 candidates, reranked": {"candidates": 4, "document_candidates": 0, "greedy_tokens": 0, "rerank": True},
     "1 candidate + document lines, reranked (the default)": {"candidates": 1, "document_candidates": 4,
-                                                             "rerank": True},
-    "4 candidates + document lines, reranked": {"candidates": 4, "document_candidates": 4, "rerank": True},
+                                                             "greedy_tokens": 0, "rerank": True},
+    "4 candidates + document lines, reranked": {"candidates": 4, "document_candidates": 4, "greedy_tokens": 0,
+                                                "rerank": True},
+    "1 candidate + greedy fill + document lines, reranked": {"candidates": 1, "document_candidates": 4,
+                                                             "greedy_tokens": 16, "rerank": True},
 }
+DEFAULT = "1 candidate + document lines, reranked (the default)"
 
 
 def run(pipeline: InfillPipeline, settings: Settings, holes, seed: int) -> dict[str, list]:
@@ -76,8 +80,8 @@ def main() -> None:
     print(f"candidate ranking pilot: {args.checkpoint}, {args.holes} held-out holes per set, seed {args.seed}, "
           f"through InfillPipeline.complete")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
-    print("| holes | configuration | exact match | edit similarity | copied line | p50 ms |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| holes | configuration | exact match | edit similarity | copied line | p50 ms | edit sim − default |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for set_name, holes in sets.items():
         # The copied lines alone, most frequent first, without the model: what the model's judgement adds to them.
         firsts = []
@@ -89,12 +93,22 @@ def main() -> None:
         print(f"| {set_name} | first document line, no model | "
               f"{statistics.fmean(exact_match(f, h.middle) for f, h in zip(firsts, holes)):.3f} | "
               f"{statistics.fmean(edit_similarity(f, h.middle) for f, h in zip(firsts, holes)):.3f} | "
-              f"{statistics.fmean(bool(f) for f in firsts):.2f} | |")
-        for name, changes in CONFIGURATIONS.items():
-            rows = run(pipeline, replace(base, **changes), holes, args.seed)
+              f"{statistics.fmean(bool(f) for f in firsts):.2f} | | |")
+        runs = {name: run(pipeline, replace(base, **changes), holes, args.seed)
+                for name, changes in CONFIGURATIONS.items()}
+        for name, rows in runs.items():
             print(f"| {set_name} | {name} | {statistics.fmean(rows['hit']):.3f} | "
                   f"{statistics.fmean(rows['similarity']):.3f} | {statistics.fmean(rows['copied']):.2f} | "
-                  f"{statistics.median(rows['ms']):.0f} |", flush=True)
+                  f"{statistics.median(rows['ms']):.0f} | {paired(rows['similarity'], runs[DEFAULT]['similarity'])} |",
+                  flush=True)
+
+
+def paired(values: list[float], baseline: list[float]) -> str:
+    """Mean ± standard error of the hole-by-hole difference (empty for the baseline itself)."""
+    differences = [a - b for a, b in zip(values, baseline)]
+    if values is baseline or not any(differences):
+        return ""
+    return f"{statistics.fmean(differences):+.4f} ± {statistics.stdev(differences) / len(differences) ** 0.5:.4f}"
 
 
 if __name__ == "__main__":
