@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -15,8 +15,7 @@ from tokenizers import Tokenizer
 from engine.cache import KVCache, SharedPrefixKV
 from engine.config import ConfigError, GenerationConfig, ModelConfig, load_configs
 from engine.generate import GenerationCancelled, StepEvent, generate_blocks
-from engine.infill import (CanvasText, InfillCandidate, InfillResult, greedy_middle, infill, prompt_format,
-                           score_middles, text_tokenizer)
+from engine.infill import CanvasText, InfillResult, infill, prompt_format, score_middles, text_tokenizer
 from engine.kernels.moe import bounded_gemm_shapes
 from engine.kernels.quantize import SCHEMES
 from engine.loader import CheckpointError, build_model, stored_quantization
@@ -226,10 +225,6 @@ class Engine:
             on_canvas=on_canvas, cancelled=cancelled, **generation_overrides,
         )
 
-    def greedy_middle(self, prefix: str, suffix: str, max_new_tokens: int) -> InfillCandidate:
-        """The middle the causal encoder writes token by token, most likely first (see engine.infill)."""
-        return greedy_middle(self, prefix, suffix, max_new_tokens)
-
     def score_middles(self, prefix: str, suffix: str, middles: list[str]) -> list[float]:
         """log P(middle and its stop token | the infill prompt) per candidate middle (see engine.infill)."""
         return score_middles(self, prefix, suffix, middles)
@@ -290,36 +285,6 @@ class Engine:
         log_probs = torch.log_softmax(self.model.logits(hidden).float(), dim=-1)
         picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
         return [float(x) for x in picked.masked_fill(~real, 0.0).sum(dim=-1)]
-
-    @torch.inference_mode()
-    def greedy_continuation(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Iterable[int] = ()
-                            ) -> tuple[list[int], bool]:
-        """The causal encoder's most likely next tokens after the prompt, one at a time, up to a stop token (not
-        included) or `max_new_tokens`; and whether a stop token ended it.
-
-        The encoder is a causal language model trained with a next-token loss on the middle after the FIM prompt,
-        so it can fill a hole token by token as FIM language models do: a second opinion beside the denoiser's
-        canvases, to be judged with them (see `continuation_log_likelihoods`). The prompt comes from the prefix
-        cache; each new token is one encoder pass over a copy of it.
-        """
-        ids = _as_rows(prompt_ids)[0]
-        if any(not 0 <= t < self.config.vocab_size for t in ids):
-            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
-        stops = frozenset(stop_ids)
-        with self._lock:
-            self._encode_prompt(ids)
-            cache = self._prefix_cache.expanded(1, max_new_tokens + 1)
-        cache.crop(len(ids) - 1)  # the last prompt position is encoded again: its hidden state predicts the first
-        token, tokens = ids[-1], []
-        while len(tokens) < max_new_tokens:
-            hidden = self.model.encode(torch.tensor([[token]], device=self.device), cache.length, cache,
-                                       return_hidden=True)
-            cache.length += 1
-            token = int(self.model.logits(hidden[:, -1]).argmax(dim=-1))
-            if token in stops:
-                return tokens, True
-            tokens.append(token)
-        return tokens, False
 
     def _encode_prompt(self, ids: list[int]) -> int:
         """Bring the prefix cache to exactly `ids`: keep the shared token prefix, encode the rest. Returns its size."""

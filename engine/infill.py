@@ -210,24 +210,6 @@ def infill(
     )
 
 
-def greedy_middle(engine: Engine, prefix: str, suffix: str, max_new_tokens: int) -> InfillCandidate:
-    """The middle the causal encoder writes token by token, most likely token first (Engine.greedy_continuation),
-    up to the first stop token or ``max_new_tokens``; its score is one token per forward."""
-    tokenizer = text_tokenizer(engine)
-    chosen, prompt = infill_prompt(engine, prefix, suffix)
-    ids, finished = engine.greedy_continuation(prompt, max_new_tokens, stop_token_ids(engine, tokenizer, chosen))
-    return InfillCandidate(decode_middle(tokenizer, ids, chosen), 1.0, finished, tuple(ids))
-
-
-def stop_token_ids(engine: Engine, tokenizer: Tokenizer, chosen: str) -> set[int]:
-    """What ends a middle: the checkpoint's EOS ids (from the model config when its generation config has none),
-    and in the chat format the close of the model's turn."""
-    stops = set(engine.generation_config.eos_token_id or engine.config.eos_token_id)
-    if chosen == CHAT_FORMAT:
-        stops.add(tokenizer.token_to_id(TURN_CLOSE))  # the answer ends with the model's turn
-    return stops
-
-
 def score_middles(engine: Engine, prefix: str, suffix: str, middles: list[str]) -> list[float]:
     """log P(middle, then its stop token | the infill prompt) per middle, under the causal encoder (see
     Engine.continuation_log_likelihoods): how likely the model finds each candidate, whoever proposed it."""
@@ -261,7 +243,9 @@ def complete_prompt(
     """
     tokenizer = text_tokenizer(engine)
     # A checkpoint built from a config may lack EOS/pad in its generation config; the model config has them.
-    eos_ids = stop_token_ids(engine, tokenizer, chosen) | set(extra_stop_ids)
+    eos_ids = set(engine.generation_config.eos_token_id or engine.config.eos_token_id) | set(extra_stop_ids)
+    if chosen == CHAT_FORMAT:
+        eos_ids.add(tokenizer.token_to_id(TURN_CLOSE))  # the answer ends with the model's turn
     generation_overrides.setdefault("eos_token_id", tuple(sorted(eos_ids)))
     if engine.generation_config.pad_token_id is None:
         generation_overrides.setdefault("pad_token_id", engine.config.pad_token_id)

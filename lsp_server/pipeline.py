@@ -173,8 +173,7 @@ class InfillPipeline:
     ) -> InfillResult:
         """Run the model on a context (touches no document: any thread; sets that thread's intra-op threads).
 
-        ``extra_middles`` (e.g. document candidates) join the model's candidates, after the causal encoder's greedy
-        fill when ``greedy_tokens`` asks for one (a local model only). With ``rerank`` every candidate
+        ``extra_middles`` (e.g. document candidates) join the model's candidates. With ``rerank`` every candidate
         is then scored by the model's likelihood of it between the prefix and the suffix, when there is more than
         one to choose from and the model can score (a remote model cannot: the extras rank after its own).
         """
@@ -192,14 +191,10 @@ class InfillPipeline:
             seed=request_seed(settings.seed, prefix, context.suffix), on_canvas=on_canvas, cancelled=cancelled,
             **overrides,
         )
-        candidates = list(result.candidates)
-        if settings.greedy_tokens and isinstance(self.model, Engine) and not (cancelled and cancelled()):
-            greedy = self.model.greedy_middle(prefix, context.suffix, settings.greedy_tokens)
-            if greedy.text not in {candidate.text for candidate in candidates}:
-                candidates.append(greedy)
-        known = {candidate.text for candidate in candidates}
-        candidates += [InfillCandidate(middle, float("-inf"), True) for middle in dict.fromkeys(extra_middles)
-                       if middle not in known]
+        known = {candidate.text for candidate in result.candidates}
+        extras = [InfillCandidate(middle, float("-inf"), True) for middle in dict.fromkeys(extra_middles)
+                  if middle not in known]
+        candidates = [*result.candidates, *extras]
         if settings.rerank and len(candidates) > 1 and isinstance(self.model, Engine):
             scores = self.model.score_middles(prefix, context.suffix, [candidate.text for candidate in candidates])
             candidates = [replace(candidate, score=score) for candidate, score in zip(candidates, scores)]

@@ -37,7 +37,6 @@ class Settings:
     candidates: int = 1  # canvases sampled per request (one batch), ranked
     document_candidates: int = 4  # line endings copied from open documents that join the candidates (0: none)
     rerank: bool = True  # rank candidates by the model's likelihood of them between prefix and suffix
-    greedy_tokens: int = 0  # up to this many tokens of the causal encoder's greedy fill join the candidates (0: none)
     seed: int | None = None  # None: a fresh seed per request; else mixed with each prompt (pipeline.request_seed)
     threads: int | None = None  # the model's intra-op threads; None: every usable core but one (at least one)
     enabled_languages: tuple[str, ...] = ("*",)  # LSP languageIds or language names; "*" for all
@@ -193,7 +192,6 @@ _CHECKS = {
     "candidates": _positive_int,
     "document_candidates": _non_negative_int,
     "rerank": _check_bool,
-    "greedy_tokens": _non_negative_int,
     "seed": _check_seed,
     "threads": lambda v: _positive_int(v, optional=True),
     "enabled_languages": _check_languages,

@@ -69,17 +69,3 @@ def test_copied_lines_join_the_candidates_and_reranking_scores_them_all(pipeline
     assert [c.score for c in unranked.candidates][2:] == [float("-inf")] * 2  # without rerank: after the model's
     completion = pipeline.complete(document, position, settings)
     assert {ranked.text for ranked in completion.ranked} >= {"'started %s', name)"}  # post-processed, ranked
-
-
-def test_the_greedy_fill_joins_the_candidates_before_the_copied_lines(pipeline):
-    document = Document("file:///a.py", SOURCE, "python")
-    position = document.position_at(at_end_of(document, CURSOR_LINE))
-    settings = Settings(seed=3, candidates=1, document_candidates=2, greedy_tokens=8, rerank=True)
-    context = pipeline.context(document, position, settings)
-    extras = pipeline.document_candidates(document, position, settings)
-    result = pipeline.generate(context, settings, extra_middles=extras)
-    greedy = pipeline.model.greedy_middle(context.prompt_prefix(), context.suffix, 8).text
-    texts = [candidate.text for candidate in result.candidates]
-    assert texts == list(dict.fromkeys([texts[0], greedy, *extras]))
-    expected = pipeline.model.score_middles(context.prompt_prefix(), context.suffix, texts)
-    assert [candidate.score for candidate in result.candidates] == pytest.approx(expected, abs=1e-4)

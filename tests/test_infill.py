@@ -196,23 +196,3 @@ def test_candidate_middles_are_scored_by_the_causal_encoder(random_model):
     assert random_model.infill(PREFIX, SUFFIX, seed=0).generation.encoded_prompt_tokens == 0
     with pytest.raises(ValueError, match="non-empty"):
         random_model.continuation_log_likelihoods(prompt, [[]])
-
-
-def test_the_greedy_fill_takes_the_encoders_most_likely_token_each_time(random_model):
-    """Each token of the greedy fill is the argmax of the causal encoder's next-token distribution after the prompt
-    and the tokens before it (one pass from scratch), and the fill ends where that argmax is a stop token."""
-    _, prompt = infill_prompt(random_model, PREFIX, SUFFIX)
-    tokens, finished = random_model.greedy_continuation(prompt, 6)
-    assert len(tokens) == 6 and not finished  # no stop tokens given: the budget ends it
-    vocabulary = random_model.config.vocab_size
-    for i, token in enumerate(tokens):
-        scores = [_log_likelihood_from_scratch(random_model, prompt + tokens[:i], [v]) for v in range(vocabulary)]
-        assert max(range(vocabulary), key=scores.__getitem__) == token
-    stopped, finished = random_model.greedy_continuation(prompt, 6, stop_ids=[tokens[2]])
-    assert finished and stopped == tokens[:tokens.index(tokens[2])]
-    candidate = random_model.greedy_middle(PREFIX, SUFFIX, 6)
-    assert candidate.score == 1.0 and candidate.text == decode_text(random_model.tokenizer, list(candidate.token_ids))
-    with pytest.raises(ValueError, match="at least one token"):
-        random_model.greedy_continuation([], 4)
-    with pytest.raises(ValueError, match=r"must be in \[0, "):
-        random_model.greedy_continuation([vocabulary], 4)

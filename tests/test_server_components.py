@@ -27,7 +27,7 @@ def test_settings_are_fully_defaulted_and_camel_case_on_the_wire():
         "maxNewTokens": None, "denoisingSteps": None, "candidates": 1, "seed": None, "threads": None,
         "enabledLanguages": ["*"],
         "cacheSize": 256, "canvasNotifications": False,
-        "documentCandidates": 4, "rerank": True, "greedyTokens": 0,
+        "documentCandidates": 4, "rerank": True,
         "apiKey": None, "remoteModel": None, "requestTimeout": 10.0, "tlsVerify": True, "tokenizer": None,
     }
     assert apply_changes(Settings(), wire) == (Settings(), [])  # the wire form reads back unchanged
@@ -48,10 +48,9 @@ def test_bad_settings_keep_their_previous_value_and_are_reported():
     changed, problems = apply_changes(base, {
         "candidates": 0, "maxNewTokens": True, "device": "gpu", "dtype": "int8", "seed": -1,
         "enabledLanguages": "python", "canvasNotifications": "yes", "temperature": 0.2, "denoisingSteps": 12,
-        "greedyTokens": -1,
     })
     assert changed == Settings(candidates=2, denoising_steps=12)
-    assert len(problems) == 9
+    assert len(problems) == 8
     assert any("'temperature' is not a setting" in problem for problem in problems)
     assert any(problem.startswith("'device': expected auto, cpu, cuda or cuda:N") for problem in problems)
     assert apply_changes(base, ["not", "an", "object"]) == (base, ["settings must be an object, got list"])

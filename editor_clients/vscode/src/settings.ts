@@ -31,8 +31,6 @@ export interface ServerSettings {
   enabledLanguages: string[];
   candidates: number;
   documentCandidates: number;
-  /** Up to this many tokens of the model's greedy fill join the candidates (0: none). */
-  greedyTokens: number;
   rerank: boolean;
   maxPromptTokens: number;
   maxNewTokens: number | null;
@@ -68,7 +66,6 @@ export const SERVER_SETTINGS = [
   'enabledLanguages',
   'candidates',
   'documentCandidates',
-  'greedyTokens',
   'rerank',
   'maxPromptTokens',
   'maxNewTokens',
@@ -126,7 +123,6 @@ export function serverSettings(config: ConfigurationReader, storedApiKey?: strin
     enabledLanguages: [...(config.get<string[]>('enabledLanguages') ?? ['*'])],
     candidates: config.get<number>('candidates') ?? 1,
     documentCandidates: config.get<number>('documentCandidates') ?? 4,
-    greedyTokens: config.get<number>('greedyTokens') ?? 0,
     rerank: config.get<boolean>('rerank') ?? true,
     maxPromptTokens: config.get<number>('maxPromptTokens') ?? 256,
     maxNewTokens: config.get<number | null>('maxNewTokens') ?? null,

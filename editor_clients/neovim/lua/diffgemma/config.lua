@@ -34,7 +34,7 @@ M.defaults = {
 M.server_settings = {
   'model', 'device', 'dtype', 'engineMode', 'compile', 'quantization',
   'canvasLength', 'maxPromptTokens', 'maxNewTokens', 'denoisingSteps',
-  'candidates', 'documentCandidates', 'greedyTokens', 'rerank', 'seed', 'threads', 'enabledLanguages', 'cacheSize',
+  'candidates', 'documentCandidates', 'rerank', 'seed', 'threads', 'enabledLanguages', 'cacheSize',
   'canvasNotifications',
   'apiKey', 'remoteModel', 'requestTimeout', 'tlsVerify', 'tokenizer',
 }
