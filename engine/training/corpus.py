@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import email.parser
+import gzip
 import hashlib
 import importlib.metadata
 import json
@@ -748,15 +749,16 @@ def format_summary(summary: dict) -> str:
 
 
 def load_documents(corpus_dir: Path, split: str, languages: Iterable[str] | None = None) -> list[CorpusDocument]:
-    """Reads one split of a built corpus, optionally only some languages."""
+    """Reads one split of a built corpus (`split`.jsonl, or `split`.jsonl.gz), optionally only some languages."""
     if split not in {"train", "heldout"}:
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     path = Path(corpus_dir) / f"{split}.jsonl"
-    if not path.is_file():
+    packed = path.with_name(path.name + ".gz")  # gzip -k: a quarter of the size, for a copy sent to another machine
+    if not path.is_file() and not packed.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with `python -m engine.training.corpus build`")
     wanted = None if languages is None else frozenset(languages)
     documents = []
-    with path.open(encoding="utf-8") as lines:
+    with (path.open(encoding="utf-8") if path.is_file() else gzip.open(packed, "rt", encoding="utf-8")) as lines:
         for line in lines:
             record = json.loads(line)
             if wanted is None or record["language"] in wanted:

@@ -136,9 +136,12 @@ def _batch_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings,
 
     # Next-token targets: the middle up to and including <eos>, and a sample of the prompt (the vocabulary head over
     # every prompt position would cost more than the rest of the step).
-    index = torch.arange(sequence.shape[1])
+    # Every random draw comes from the CPU generator and then moves: the same stream on any device, so a run
+    # resumes exactly on another one.
+    device = sequence.device
+    index = torch.arange(sequence.shape[1], device=device)
     within_middle = index[None, :] <= prompt_length + batch.middle_lengths[:, None]
-    sampled = (index[None, :] >= prompt_length) | (torch.rand(sequence.shape, generator=generator) < settings.ar_prompt_sample)
+    sampled = (index[None, :] >= prompt_length) | (torch.rand(sequence.shape, generator=generator).to(device) < settings.ar_prompt_sample)
     target_mask = (real & within_middle & sampled)[:, 1:] & real[:, :-1]
     ar_hidden, ar_targets = hidden[:, :-1][target_mask], sequence[:, 1:][target_mask]
     if bounded_gemm_shapes(ar_hidden):
@@ -151,11 +154,11 @@ def _batch_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings,
     ar_loss = F.cross_entropy(model.logits(ar_hidden), ar_targets, ignore_index=IGNORED_TARGET)
 
     noise_level = NOISE_SCHEDULES[settings.noise_schedule](torch.rand(batch_size, 1, generator=generator))
-    noised = torch.rand(batch_size, canvas_length, generator=generator) < noise_level
-    random_tokens = torch.randint(0, vocab, (batch_size, canvas_length), generator=generator)
+    noised = (torch.rand(batch_size, canvas_length, generator=generator) < noise_level).to(device)
+    random_tokens = torch.randint(0, vocab, (batch_size, canvas_length), generator=generator).to(device)
     canvas = torch.where(noised, random_tokens, batch.canvas_ids)
     tables = model.rotary(batch.position_ids[:, prompt_length:], model.embed_tokens.weight.dtype)
-    sc_mask = torch.rand(batch_size, generator=generator) < settings.self_conditioning_rate
+    sc_mask = (torch.rand(batch_size, generator=generator) < settings.self_conditioning_rate).to(device)
     sc_logits = None
     if bool(sc_mask.any()):
         with torch.no_grad():

@@ -3,7 +3,8 @@
 A campaign runs in pieces: every `--checkpoint-minutes` (and on SIGINT/SIGTERM) the run saves its whole state, i.e.
 weights, AdamW moments, the data stream's random state, the loss's generator and the step that drives the schedule,
 and `--resume` continues bit for bit where it stopped. Without that state (a lost `runs/` directory), `--init-from`
-starts from exported weights, e.g. the committed embedded model, with a fresh optimizer.
+starts from exported weights, e.g. the committed embedded model, with a fresh optimizer. `--device cuda` trains on
+a GPU with the same random streams (every draw is made on the CPU).
 
     python -m engine.training.train --corpus runs/corpus --tokenizer engine/embedded_model/tokenizer.json \
         --out runs/train --minutes 120 --resume
@@ -66,11 +67,13 @@ def default_generation_config(canvas_length: int, denoising_steps: int = 8) -> G
 class Run:
     """One training run's mutable state, saved and restored as a whole."""
 
-    def __init__(self, settings: TrainSettings, vocab_size: int, stream: FimBatchStream):
+    def __init__(self, settings: TrainSettings, vocab_size: int, stream: FimBatchStream, device: str = "cpu"):
         self.settings = settings
+        self.device = torch.device(device)
         torch.manual_seed(settings.seed)
         self.model = DiffusionGemma(model_config(settings, vocab_size))
-        initialise(self.model, settings.seed)
+        initialise(self.model, settings.seed)  # on the CPU: the same initial weights on any device
+        self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
                                            weight_decay=settings.weight_decay)
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -94,6 +97,7 @@ class Run:
     def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.settings)
+        batch = type(batch)(*(tensor.to(self.device) for tensor in batch))
         loss, diffusion_loss, ar_loss = training_loss(self.model, batch, self.settings, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,7 +134,9 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
     tokenizer = load_tokenizer(args.tokenizer)
-    saved = torch.load(state_path, weights_only=False) if args.resume and state_path.exists() else None
+    # On the CPU first: a state saved on one device resumes on another (loading copies it onto the model's).
+    resuming = args.resume and state_path.exists()
+    saved = torch.load(state_path, weights_only=False, map_location="cpu") if resuming else None
     settings = settings_from(args, saved["settings"] if saved else None)
     documents = load_documents(Path(args.corpus), "train")
     if settings.hole_mix not in HOLE_MIXES:
@@ -140,7 +146,7 @@ def train(args: argparse.Namespace) -> None:
                          f"got {settings.noise_schedule!r}")
     stream = FimBatchStream(documents, tokenizer, settings.batch_size, settings.max_prompt_tokens,
                             settings.canvas_length, seed=settings.seed, kind_weights=HOLE_MIXES[settings.hole_mix])
-    run = Run(settings, tokenizer.get_vocab_size(), stream)
+    run = Run(settings, tokenizer.get_vocab_size(), stream, args.device)
     if saved:
         run.restore(saved)
     elif args.init_from:
@@ -254,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--resume", action="store_true", help="continue exactly from OUT/training_state.pt")
+    parser.add_argument("--device", default="cpu", help="where the model trains: cpu, cuda or cuda:N")
     parser.add_argument("--init-from", help="a checkpoint directory whose weights start a run that has no state")
     parser.add_argument("--minutes", type=float, default=None, help="stop (and save) after this wall time")
     parser.add_argument("--steps", type=int, default=None, help="stop (and save) after this many steps")
