@@ -141,7 +141,8 @@ def _batch_loss(model: DiffusionGemma, batch: FimBatch, settings: TrainSettings,
     device = sequence.device
     index = torch.arange(sequence.shape[1], device=device)
     within_middle = index[None, :] <= prompt_length + batch.middle_lengths[:, None]
-    sampled = (index[None, :] >= prompt_length) | (torch.rand(sequence.shape, generator=generator).to(device) < settings.ar_prompt_sample)
+    prompt_sample = torch.rand(sequence.shape, generator=generator).to(device) < settings.ar_prompt_sample
+    sampled = (index[None, :] >= prompt_length) | prompt_sample
     target_mask = (real & within_middle & sampled)[:, 1:] & real[:, :-1]
     ar_hidden, ar_targets = hidden[:, :-1][target_mask], sequence[:, 1:][target_mask]
     if bounded_gemm_shapes(ar_hidden):
