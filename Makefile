@@ -29,8 +29,9 @@ infill: install
 MINUTES ?= 120
 # The campaign's settings are shared with engine/training/gpu_run.sh.
 CAMPAIGN := $(shell cat engine/training/campaign.args)
-train: install
-	test -f runs/corpus/train.jsonl || $(PY) -m engine.training.corpus build --out runs/corpus
+runs/corpus/train.jsonl: | install
+	$(PY) -m engine.training.corpus build --out runs/corpus
+train: install runs/corpus/train.jsonl
 	$(PY) -m engine.training.train --corpus runs/corpus --tokenizer engine/embedded_model/tokenizer.json \
 		--out runs/train --resume --init-from engine/embedded_model --minutes $(MINUTES) $(CAMPAIGN)
 
@@ -40,8 +41,7 @@ train: install
 GRAMMAR_WHEELS := tree-sitter==0.26.1 tree-sitter-c==0.24.2 tree-sitter-cpp==0.23.4 tree-sitter-go==0.25.0 \
 	tree-sitter-java==0.23.5 tree-sitter-javascript==0.25.0 tree-sitter-python==0.25.0 tree-sitter-rust==0.24.2 \
 	tree-sitter-typescript==0.23.2
-gpu-pack: install
-	test -f runs/corpus/train.jsonl || $(PY) -m engine.training.corpus build --out runs/corpus
+gpu-pack: install runs/corpus/train.jsonl
 	mkdir -p runs/gpu-corpus .whl
 	gzip -c runs/corpus/train.jsonl > runs/gpu-corpus/train.jsonl.gz
 	gzip -c runs/corpus/heldout.jsonl > runs/gpu-corpus/heldout.jsonl.gz

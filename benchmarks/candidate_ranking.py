@@ -103,9 +103,9 @@ def main() -> None:
 
 def paired(values: list[float], baseline: list[float]) -> str:
     """Mean ± standard error of the hole-by-hole difference (empty for the baseline itself)."""
-    differences = [a - b for a, b in zip(values, baseline)]
-    if values is baseline or not any(differences):
+    if values is baseline:
         return ""
+    differences = [a - b for a, b in zip(values, baseline)]
     return f"{statistics.fmean(differences):+.4f} ± {statistics.stdev(differences) / len(differences) ** 0.5:.4f}"
 
 
