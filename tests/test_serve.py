@@ -48,8 +48,10 @@ class ServerProcess:
 
 def start_server(model: str, log: Path, *args: str, env: dict[str, str] | None = None,
                  wait_ready: bool = True) -> ServerProcess:
+    # --no-compile: the compiled step rounds differently from the eager one, and it would be ready at a moment that
+    # depends on the machine's load, so a request's answer for a seed would too (the in-process reference is eager)
     process = subprocess.Popen(
-        [sys.executable, "-m", "lsp_server.serve", "--port", "0", "--model", model, "--threads", "1",
+        [sys.executable, "-m", "lsp_server.serve", "--no-compile", "--port", "0", "--model", model, "--threads", "1",
          "--log-level", "info", *args],
         stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
