@@ -4,9 +4,10 @@
 
 Loads the checkpoint in serving mode as the server does (dtype auto, compiling), warms it up at the server's prompt
 budget (which compiles the step for the shape requests get, and is waited for), encodes a --prompt-tokens prompt
-into the engine's cache and times `DenoisingStep` on it: the eager step, the compiled step, and exact mode's
-decoder forward alone (no sampler) for comparison, median of --steps. Then a torch profiler table of the compiled
-step by operator and input shape: the generated kernels ("CompiledFxGraph"), each matmul shape, guard evaluation.
+into the engine's cache and times `DenoisingStep` on it: the eager step, the compiled step (the server's: an
+AOTInductor package compiled by a child process), the same step under torch.compile in this process, and exact
+mode's decoder forward alone (no sampler) for comparison: medians per call over --steps calls, in turns of 8 calls
+in a row (a canvas). Then a torch profiler table of the compiled step by operator and input shape: the generated kernels ("CompiledFxGraph"), each matmul shape, guard evaluation.
 Run it with nothing else on the machine.
 """
 
@@ -17,26 +18,32 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
 from engine.cache import SharedPrefixKV  # noqa: E402
-from engine.serving import StepState  # noqa: E402
+from engine.serving import DenoisingStep, StepState  # noqa: E402
 from lsp_server.pipeline import warm_up  # noqa: E402
 from lsp_server.settings import Settings  # noqa: E402
 
 
-def median_ms(run, repeats: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+def interleaved_medians_ms(runs: dict[str, Callable[[], object]], repeats: int, block: int = 8) -> dict[str, float]:
+    """Median milliseconds per call of each run, timed over blocks of `block` calls in a row (as a canvas's steps
+    run) with the runs taking turns block by block, so that drift in the machine's speed hits all alike."""
+    for run in runs.values():
+        for _ in range(3):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(max(1, repeats // block)):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            for _ in range(block):
+                run()
+            times[name].append((time.perf_counter() - started) * 1000 / block)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @torch.inference_mode()
@@ -45,9 +52,10 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--prompt-tokens", type=int, default=230, help="the server's cold prompts are about 230")
     parser.add_argument("--steps", type=int, default=40, help="timed calls of each variant")
+    parser.add_argument("--dtype", default="auto", help="the model's dtype (default: auto, the server's)")
     args = parser.parse_args()
 
-    loaded = engine.load(engine.resolve_model_path(args.model), "cpu", "auto", mode="serving", compile=True)
+    loaded = engine.load(engine.resolve_model_path(args.model), "cpu", args.dtype, mode="serving", compile=True)
     warm_up(loaded, Settings())
     loaded.denoising_step.wait()
     model, config = loaded.model, loaded.config
@@ -64,13 +72,20 @@ def main() -> None:
 
     exact_cache = loaded._prefix_cache.expanded(1, config.canvas_length)
     sc_logits = torch.zeros(1, config.canvas_length, config.vocab_size, dtype=loaded.dtype)
-    eager = median_ms(lambda: step.eager(store, state, *draws), args.steps)
-    compiled = median_ms(lambda: step(store, state, *draws), args.steps)
-    exact = median_ms(lambda: model.decode(canvas, len(prompt), exact_cache, sc_logits), args.steps)
+    in_process = DenoisingStep(model, compile=True, ahead_of_time=False)  # torch.compile in this process
+    in_process(store, state, *draws)
+    in_process.wait()
+    ms = interleaved_medians_ms({
+        "eager": lambda: step.eager(store, state, *draws),
+        "compiled": lambda: step(store, state, *draws),
+        "torch.compile": lambda: in_process(store, state, *draws),
+        "exact": lambda: model.decode(canvas, len(prompt), exact_cache, sc_logits),
+    }, args.steps)
     print(f"model {args.model}, {loaded.dtype}, {torch.get_num_threads()} thread(s), prompt {len(prompt)} tokens, "
           f"canvas {config.canvas_length}; compile {loaded.compile_status()['compileSeconds']} s")
-    print(f"serving step eager {eager:.2f} ms, compiled {compiled:.2f} ms; exact mode's decoder forward alone "
-          f"{exact:.2f} ms (median of {args.steps})\n")
+    print(f"serving step eager {ms['eager']:.2f} ms, compiled {ms['compiled']:.2f} ms (the server's: AOTInductor, "
+          f"compiled by a child process), torch.compile in this process {ms['torch.compile']:.2f} ms; exact mode's "
+          f"decoder forward alone {ms['exact']:.2f} ms (medians over {args.steps} calls, in turns of 8)\n")
 
     from torch.profiler import ProfilerActivity, profile
 

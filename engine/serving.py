@@ -9,8 +9,9 @@ Serving mode runs the same model and sampler, not the same bits:
 - a canvas's random numbers are drawn before its first step (the step itself needs no generator), by inverse CDF;
 - the loop's only host read is whether every row has stopped, taken one step late on CUDA (`StopCheck`).
 
-`DenoisingStep` compiles the step in a background thread the first time a shape is seen (eager until then) and
-torch's compile caches keep the artifacts on disk, so a restart does not compile again.
+`DenoisingStep` compiles the step the first time a shape is seen, eager until then: on the CPU in a child process
+(torch.export + AOTInductor, `engine.compiled_step`), on CUDA with torch.compile in a background thread (CUDA
+graphs). The artifacts stay in the compile cache on disk, so a restart does not compile again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import atexit
 import logging
 import math
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from engine import compiled_step
 from engine.cache import KVCache, SharedPrefixKV
 from engine.config import GenerationConfig
 from engine.generate import BatchOutput, StepEvent, batch_output, cancellation_check, finalize_canvas, row_counters
@@ -110,16 +113,20 @@ def use_compile_cache_dir() -> None:
 
 
 class DenoisingStep:
-    """`denoising_step` for one model: compiled (fullgraph, static shapes; CUDA graphs on CUDA) per input shape,
-    eager until then.
+    """`denoising_step` for one model: compiled per input shape (static shapes), eager until then.
 
-    A shape is compiled in a background thread the first time it is met (`Engine.warm_up` meets it at load), by
-    running the compiled step once on copies of that call's inputs; until it is ready, and while any compilation
-    runs, calls take the eager step, so compiling never stalls a request and only one thread is ever inside
-    torch.compile. `compile=False` is always eager.
+    A shape is compiled the first time it is met (`Engine.warm_up` meets it at load) and calls run eagerly until it
+    is ready, so compiling never stalls a request:
+    - on the CPU, ahead of time in a child process (`engine.compiled_step`: torch.export + AOTInductor, one package
+      per model and shape in the compile cache, loaded by a background thread). Nothing is traced in this process,
+      which torch.compile would do with process-wide effects on the threads serving requests;
+    - on CUDA (or with `ahead_of_time=False`), by torch.compile in a background thread, replayed as CUDA graphs
+      on CUDA; while it compiles every call is eager, so only one thread is ever inside torch.compile.
+    `compile=False` is always eager.
     """
 
-    def __init__(self, model: DiffusionGemma, compile: bool, fused_head: bool = False):
+    def __init__(self, model: DiffusionGemma, compile: bool, fused_head: bool = False,
+                 ahead_of_time: bool | None = None):
         self.model = model
         self.compile = compile
         # The fused head + sampler kernel is opt-in until a GPU measures it: by its own estimate its per-program
@@ -127,13 +134,17 @@ class DenoisingStep:
         if fused_head and not fused_head_available(model.embed_tokens.weight.device):
             raise ValueError("the fused head + sampler kernel needs CUDA and triton")
         self.fused_head = fused_head
-        self._compiled = None
-        self._ready: set[tuple] = set()
+        self._runs: dict[tuple, Callable] = {}  # the compiled step of each ready shape
+        self._compiled = None  # CUDA: the torch.compile'd step, shared by every shape
         self._failed: set[tuple] = set()
         self._compiling: threading.Thread | None = None
+        self._child: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.compile_seconds: dict[tuple, float] = {}
-        self.cuda_graphs = compile and model.embed_tokens.weight.device.type == "cuda"
+        on_cuda = model.embed_tokens.weight.device.type == "cuda"
+        # ahead_of_time None: by device. CUDA graphs need torch.compile in this process; AOTInductor needs the CPU.
+        self.ahead_of_time = compile and (not on_cuda if ahead_of_time is None else ahead_of_time and not on_cuda)
+        self.cuda_graphs = compile and on_cuda
         if compile:
             use_compile_cache_dir()
 
@@ -145,18 +156,18 @@ class DenoisingStep:
             return self.eager(store, state, *args)
         key = _shape_key(store, state, args)
         with self._lock:
-            ready = key in self._ready and self._compiling is None
-            if key not in self._ready and key not in self._failed and self._compiling is None:
+            run = self._runs.get(key) if self.ahead_of_time or self._compiling is None else None
+            if key not in self._runs and key not in self._failed and self._compiling is None:
                 self._start_compiling(key, store, state, args)
-        if ready:
+        if run is not None:
             try:
                 if self.cuda_graphs:  # the previous step's outputs are this step's inputs; older ones are dropped
                     torch.compiler.cudagraph_mark_step_begin()
-                return self._compiled(store, state, *args)
+                return run(store, state, *args)
             except Exception:  # e.g. a CUDA graph that cannot be recorded: this shape runs eagerly from now on
                 log.exception("the compiled denoising step failed; serving this shape eagerly")
                 with self._lock:
-                    self._ready.discard(key)
+                    self._runs.pop(key, None)
                     self._failed.add(key)
         return self.eager(store, state, *args)
 
@@ -171,30 +182,24 @@ class DenoisingStep:
             thread.join(timeout)
 
     def _start_compiling(self, key: tuple, store: SharedPrefixKV, state: StepState, args: tuple) -> None:
-        if self._compiled is None:
-            # On CUDA the compiled step is also replayed as a CUDA graph (one launch per step): the step mutates
-            # none of its inputs (engine.cache.SharedPrefixKV.attend) and its shapes are static.
-            self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False,
-                                           mode="reduce-overhead" if self.cuda_graphs else None)
         copies = _clone((store, state, args))  # the request goes on with its own tensors
-        # OpenMP keeps its thread count per thread, and the compiled kernels are built for the compiling thread's:
-        # the caller's, not the default of every core.
+        # OpenMP keeps its thread count per thread, and the compiled kernels are built for a thread count: the
+        # caller's, not the default of every core.
         threads = torch.get_num_threads()
-        thread = threading.Thread(target=self._compile, args=(key, copies, threads), name="diffgemma-compile",
-                                  daemon=True)
+        target = self._compile_ahead if self.ahead_of_time else self._compile_here
+        thread = threading.Thread(target=self._compile, args=(target, key, copies, threads),
+                                  name="diffgemma-compile", daemon=True)
         self._compiling = thread
         thread.start()
-        # A process that ends while torch compiles on a daemon thread aborts ("terminate called without an active
-        # exception"): a normal interpreter exit waits for the compilation instead (os._exit does not).
-        atexit.register(thread.join)
+        if not self.ahead_of_time:
+            # A process that ends while torch compiles on a daemon thread aborts ("terminate called without an
+            # active exception"): a normal interpreter exit waits for the compilation instead (os._exit does not).
+            atexit.register(thread.join)
 
-    def _compile(self, key: tuple, copies, threads: int) -> None:
+    def _compile(self, target: Callable, key: tuple, copies, threads: int) -> None:
         started = time.perf_counter()
-        torch.set_num_threads(threads)
-        store, state, args = copies
         try:
-            with torch.inference_mode():
-                self._compiled(store, state, *args)
+            run = target(key, copies, threads)
         except Exception:  # a failed compilation leaves that shape eager, never the request broken
             if threading.main_thread().is_alive():  # (at interpreter exit, compiling fails by design: no report)
                 log.exception("compiling the denoising step failed; serving this shape eagerly")
@@ -204,8 +209,60 @@ class DenoisingStep:
             return
         with self._lock:
             self.compile_seconds[key] = time.perf_counter() - started
-            self._ready.add(key)
+            self._runs[key] = run
             self._compiling = None
+
+    def _compile_ahead(self, key: tuple, copies, threads: int) -> Callable:
+        """The CPU: the package from the compile cache, compiled first by a child process if it is not there."""
+        package = compiled_step.package_path(compile_cache_dir(), self.model, key, threads)
+        if package.exists():
+            try:
+                run = compiled_step.load(package)
+            except Exception:  # e.g. a file cut short by a full disk: compiled again below
+                log.exception("the cached compiled step %s could not be loaded; compiling it again", package)
+                package.unlink()
+        if not package.exists():
+            with self._lock:
+                store, state, args = copies
+                self._child = compiled_step.start_compiling(self.model, denoising_step, (store, state, *args),
+                                                            threads, package)
+            _COMPILING_CHILDREN.add(self._child)
+            try:
+                _, errors = self._child.communicate()
+            finally:
+                _COMPILING_CHILDREN.discard(self._child)
+            if self._child.returncode != 0:
+                raise RuntimeError(f"the compiling process exited with {self._child.returncode}:\n{errors[-4000:]}")
+            run = compiled_step.load(package)
+
+        def compiled(store: SharedPrefixKV, state: StepState, *args) -> tuple[StepState, torch.Tensor]:
+            *next_state, accepted = run((store, state, *args))
+            return StepState(*next_state), accepted
+
+        return compiled
+
+    def _compile_here(self, key: tuple, copies, threads: int) -> Callable:
+        """torch.compile on this (background) thread; on CUDA recorded as CUDA graphs on its first runs."""
+        torch.set_num_threads(threads)
+        if self._compiled is None:
+            # The step mutates none of its inputs (engine.cache.SharedPrefixKV.attend) and its shapes are static.
+            self._compiled = torch.compile(self.eager, fullgraph=True, dynamic=False,
+                                           mode="reduce-overhead" if self.cuda_graphs else None)
+        store, state, args = copies
+        with torch.inference_mode():
+            self._compiled(store, state, *args)
+        return self._compiled
+
+
+# Children compiling a step: stopped at exit (each would finish a package nobody waits for).
+_COMPILING_CHILDREN: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _stop_compiling_children() -> None:
+    for child in list(_COMPILING_CHILDREN):
+        child.terminate()
+        child.wait()
 
 
 def _shape_key(store: SharedPrefixKV, state: StepState, args: tuple) -> tuple:

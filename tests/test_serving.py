@@ -9,8 +9,12 @@ graph that is never recompiled across steps, canvases and prompt lengths within 
 from __future__ import annotations
 
 import copy
-
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,44 +226,113 @@ def test_the_denoising_step_is_one_graph_never_recompiled(model):
     torch._dynamo.reset()
 
 
-def test_the_step_compiles_in_the_background_and_matches_eager(model, tmp_path, monkeypatch):
-    """A real inductor compilation on a background thread: calls are eager until it is ready, then compiled,
-    with the eager step's tokens and logits within bf16-free float rounding."""
+def _compile_inputs(model: DiffusionGemma):
+    cache = model.new_cache()
+    cache.reserve(40)
+    model.encode(ids(40, seed=13), 0, cache)
+    cache.length = 40
+    store, state, generator = _step_inputs(model, cache, 40, 1, seed=1)
+    return store, state, _draws(generator, 1)
+
+
+def _assert_matches_eager(compiled: StepState, eager: StepState) -> None:
+    torch.testing.assert_close(compiled.signal, eager.signal, rtol=1e-4, atol=1e-4)
+    assert (compiled.argmax == eager.argmax).float().mean() > 0.9
+
+
+@torch.inference_mode()
+def test_the_step_compiles_in_a_child_process_and_matches_eager(model, tmp_path, monkeypatch):
+    """A real AOTInductor compilation in a child process: calls are eager until it is ready, then the package's,
+    with the eager step's tokens and logits within float rounding. Meanwhile this process traces nothing and its
+    eager calls keep their bits; a restart loads the package without compiling; a model of the same shape with
+    other weights gets its own package, not the cached one."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    packages = tmp_path / "inductor" / "aot-steps"
+    step = DenoisingStep(model, compile=True)
+    store, state, draws = _compile_inputs(model)
+    eager, _ = step.eager(store, state, *draws)
+    traced = dict(counters["stats"])
+    first, _ = step(store, state, *draws)  # starts compiling; this call ran eagerly
+    during = []
+    while step.compiling:
+        during.append(step(store, state, *draws)[0])
+        time.sleep(0.05)
+    assert step._child.returncode == 0 and list(step.compile_seconds.values())[0] > 0
+    assert dict(counters["stats"]) == traced  # nothing was traced in this process
+    assert during and all(torch.equal(s.signal, eager.signal) for s in [first, *during])
+    compiled, _ = step(store, state, *draws)
+    _assert_matches_eager(compiled, eager)
+    assert len(list(packages.glob("*.pt2"))) == 1
+
+    restarted = DenoisingStep(model, compile=True)
+    restarted(store, state, *draws)
+    restarted.wait(timeout=60)
+    assert restarted._child is None  # loaded from the cache
+    assert torch.equal(restarted(store, state, *draws)[0].signal, compiled.signal)
+
+    other = copy.deepcopy(model)
+    for parameter in other.parameters():
+        parameter.mul_(-1.5)
+    other_step = DenoisingStep(other, compile=True)
+    other_eager, _ = other_step.eager(store, state, *draws)
+    other_step(store, state, *draws)
+    other_step.wait(timeout=600)
+    other_compiled, _ = other_step(store, state, *draws)
+    assert other_step._child is not None and len(list(packages.glob("*.pt2"))) == 2
+    assert not torch.allclose(other_eager.signal, eager.signal, atol=1e-2)
+    _assert_matches_eager(other_compiled, other_eager)
+
+
+@torch.inference_mode()
+def test_the_step_compiles_in_a_thread_where_asked(model, tmp_path, monkeypatch):
+    """The in-process path (CUDA's, for its CUDA graphs): torch.compile on a background thread, eager until ready."""
     import torch._dynamo
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
-    step = DenoisingStep(model, compile=True)
-    with torch.inference_mode():
-        cache = model.new_cache()
-        cache.reserve(40)
-        model.encode(ids(40, seed=13), 0, cache)
-        cache.length = 40
-        store, state, generator = _step_inputs(model, cache, 40, 1, seed=1)
-        draws = _draws(generator, 1)
-        eager, _ = step.eager(store, state, *draws)
-        first, _ = step(store, state, *draws)  # starts compiling; this call ran eagerly
-        assert step.compiling or step.compile_seconds
-        step.wait(timeout=600)
-        assert not step.compiling and list(step.compile_seconds.values())[0] > 0
-        compiled, _ = step(store, state, *draws)
-    assert torch.equal(first.canvas, eager.canvas)
-    torch.testing.assert_close(compiled.signal, eager.signal, rtol=1e-4, atol=1e-4)
-    assert (compiled.argmax == eager.argmax).float().mean() > 0.9
-    assert any((tmp_path / "inductor").iterdir())  # the artifacts went to the cache directory
-
-    # Compiled artifacts are cached on disk by the graph: a model of the same shape with other weights must get
-    # its own numbers, not the cached ones.
-    other = copy.deepcopy(model)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            parameter.mul_(-1.5)
-    other_step = DenoisingStep(other, compile=True)
-    with torch.inference_mode():
-        other_eager, _ = other_step.eager(store, state, *draws)
-        other_step(store, state, *draws)
-        other_step.wait(timeout=600)
-        other_compiled, _ = other_step(store, state, *draws)
-    assert other_step.compile_seconds and not torch.allclose(other_eager.signal, eager.signal, atol=1e-2)
-    torch.testing.assert_close(other_compiled.signal, other_eager.signal, rtol=1e-4, atol=1e-4)
+    step = DenoisingStep(model, compile=True, ahead_of_time=False)
+    store, state, draws = _compile_inputs(model)
+    eager, _ = step.eager(store, state, *draws)
+    first, _ = step(store, state, *draws)
+    step.wait(timeout=600)
+    assert step._child is None and step.compile_seconds and torch.equal(first.canvas, eager.canvas)
+    _assert_matches_eager(step(store, state, *draws)[0], eager)
     torch._dynamo.reset()
+
+
+CHILD_OUTLIVES_NO_PARENT = """
+import os, sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_serving import _compile_inputs, model as build
+from engine.serving import DenoisingStep
+step = DenoisingStep(build.__wrapped__(), compile=True)
+with torch.inference_mode():
+    step(*_compile_inputs(step.model)[:2], *_compile_inputs(step.model)[2])
+    while step._child is None:
+        time.sleep(0.05)
+print(step._child.pid, flush=True)
+os._exit(0)  # no atexit handlers: as if killed
+"""
+
+
+def test_a_compiling_child_ends_with_its_parent(tmp_path):
+    """The child compiling a package stops when the serving process is gone, however it ended."""
+    script = CHILD_OUTLIVES_NO_PARENT.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+    child = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 15
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(child), "the compiling child outlived its parent"
+    assert not list(tmp_path.glob("aot-steps/*"))  # no package, no request or part of one left behind
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

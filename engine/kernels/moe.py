@@ -112,8 +112,9 @@ def _grouped_linear(rows: torch.Tensor, weight: torch.Tensor, group_ends: torch.
         return _grouped_mm(rows, weight.transpose(-2, -1), offs=group_ends)
     # is_dynamo_compiling, not is_compiling: torch holds is_compiling's flag True for a whole compile session, process
     # wide, so eager calls on other threads (requests served while the step compiles in the background) would take
-    # this path too, with other rounding than the exact engine's.
-    if torch.compiler.is_dynamo_compiling():
+    # this path too, with other rounding than the exact engine's. torch.export (engine.compiled_step) runs in a
+    # process of its own.
+    if torch.compiler.is_dynamo_compiling() or torch.compiler.is_exporting():
         # The loop below needs the group sizes on the host, which would split the graph. Traced, every expert
         # multiplies every row and each row keeps its own expert's product: E/K times the FLOPs, for the small
         # fp32/fp16 models that run where bf16 is not native.

@@ -1,0 +1,148 @@
+"""Serving mode's denoising step compiled ahead of time in a child process (CPU): torch.export + AOTInductor.
+
+    python -m engine.compiled_step REQUEST PACKAGE PARENT_PID     (started by `DenoisingStep`, never by hand)
+
+Why another process: torch.compile changes process-wide state while it traces. torch.fx patches
+`nn.Module.__call__` for every thread, so an eager request on another thread failed inside its own layers ("module
+is not installed as a submodule"), and requests waited up to 20 s for the GIL during a 40-60 s first compile
+(`benchmarks/server_latency.py --during-compile`). The child compiles at a lower CPU priority and writes one
+package file; the serving process only loads it, which traces nothing.
+
+Why AOTInductor rather than torch.compile: the loaded package runs without dynamo's guards and Python wrapper (on
+this project's 2-core CPU, 4.7 ms a step against 6.2 ms; `benchmarks/serving_step.py`).
+
+A package is the step of one model (its weights are constants inside it), for one set of input shapes, sampler
+constants and OpenMP thread count (the kernels are built for a thread count), on one torch and engine source:
+all of that is in its file name, so a restart loads it and another model never does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+ENGINE_DIR = Path(__file__).resolve().parent
+CHILD_PRIORITY = 10  # os.nice increment: the compile takes what the serving process leaves
+TENSOR = object()  # a leaf that is an input of the package
+
+
+def flatten(inputs: tuple) -> tuple[list[torch.Tensor], Any, list[Any]]:
+    """The step's inputs (store, state, draws...) as the package takes them: their tensors in pytree order, the
+    tree's spec and the non-tensor leaves (sliding windows, sampler constants: fixed in the package)."""
+    leaves, spec = pytree.tree_flatten(inputs)
+    return ([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)], spec,
+            [TENSOR if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves])
+
+
+class ExportedStep(nn.Module):
+    """`step(store, state, *draws)` over flat tensors, returning flat tensors: the form torch.export takes."""
+
+    def __init__(self, model: nn.Module, step: Callable, spec: Any, fixed: list[Any]):
+        super().__init__()
+        self.model = model
+        self.step, self.spec, self.fixed = step, spec, fixed
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        given = iter(tensors)
+        leaves = [next(given) if value is TENSOR else value for value in self.fixed]
+        store, state, *draws = pytree.tree_unflatten(leaves, self.spec)
+        next_state, accepted = self.step(self.model, store, state, *draws)
+        return (*next_state, accepted)
+
+
+def package_path(directory: Path, model: nn.Module, shape_key: tuple, threads: int) -> Path:
+    """Where the package for this model, input shapes and thread count lives in the compile cache `directory`."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        digest.update(name.encode())
+        digest.update(repr((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    sources = sorted([*ENGINE_DIR.glob("*.py"), *ENGINE_DIR.glob("kernels/*.py")])
+    for source in sources:
+        digest.update(source.read_bytes())
+    digest.update(repr((getattr(model, "config", None), shape_key, threads, torch.__version__,
+                        torch.backends.cpu.get_cpu_capability())).encode())
+    return directory / "aot-steps" / f"step-{digest.hexdigest()}.pt2"
+
+
+def start_compiling(model: nn.Module, step: Callable, inputs: tuple, threads: int, package: Path
+                    ) -> subprocess.Popen:
+    """Start a child process that compiles `step(model, *inputs)` into `package`; returns it (wait on it)."""
+    package.parent.mkdir(parents=True, exist_ok=True)
+    handle, request = tempfile.mkstemp(dir=package.parent, suffix=".request")
+    os.close(handle)
+    torch.save({"model": model, "step": step, "inputs": inputs, "threads": threads}, request)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_DIR.parent), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "engine.compiled_step", request, str(package), str(os.getpid())],
+                            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def load(package: Path) -> Callable[[tuple], list[torch.Tensor]]:
+    """The package as a function of the step's inputs (store, state, *draws), returning its outputs flat."""
+    runner = torch._inductor.aoti_load_package(str(package))
+    return lambda inputs: runner(*flatten(inputs)[0])
+
+
+def partial_path(package: Path) -> Path:
+    """Where this process writes `package` before moving it into place."""
+    return package.with_suffix(f".{os.getpid()}.partial.pt2")
+
+
+def compile_package(request: Path, package: Path) -> None:
+    """The child's work: export the requested step and write its AOTInductor package atomically."""
+    asked = torch.load(request, weights_only=False)
+    torch.set_num_threads(asked["threads"])
+    tensors, spec, fixed = flatten(asked["inputs"])
+    module = ExportedStep(asked["model"], asked["step"], spec, fixed).eval()
+    with torch.no_grad():
+        exported = torch.export.export(module, tuple(tensors), strict=False)
+    partial = partial_path(package)
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+    os.replace(partial, package)
+
+
+def exit_with_parent(parent: int, leftovers: list[Path]) -> None:
+    """The child ends when the serving process does, however that ended (a package nobody waits for would take a
+    core for a minute), or when it is told to (SIGTERM), and removes its `leftovers` first."""
+    def leave(*_) -> None:
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        leave()
+
+    signal.signal(signal.SIGTERM, leave)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    request, package, parent = Path(argv[0]), Path(argv[1]), int(argv[2])
+    # (the parent may be gone already: its pid is the one it gave)
+    exit_with_parent(parent, [request, partial_path(package)])
+    os.nice(CHILD_PRIORITY)
+    try:
+        compile_package(request, package)
+    finally:
+        request.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
