@@ -135,15 +135,15 @@ class DenoisingStep:
             raise ValueError("the fused head + sampler kernel needs CUDA and triton")
         self.fused_head = fused_head
         self._runs: dict[tuple, Callable] = {}  # the compiled step of each ready shape
-        self._compiled = None  # CUDA: the torch.compile'd step, shared by every shape
+        self._compiled = None  # in-process: the torch.compile'd step, shared by every shape
         self._failed: set[tuple] = set()
         self._compiling: threading.Thread | None = None
         self._child: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.compile_seconds: dict[tuple, float] = {}
         on_cuda = model.embed_tokens.weight.device.type == "cuda"
-        # ahead_of_time None: by device. CUDA graphs need torch.compile in this process; AOTInductor needs the CPU.
-        self.ahead_of_time = compile and (not on_cuda if ahead_of_time is None else ahead_of_time and not on_cuda)
+        # By device unless told: CUDA graphs need torch.compile in this process, so packages are for the CPU only.
+        self.ahead_of_time = compile and not on_cuda and ahead_of_time is not False
         self.cuda_graphs = compile and on_cuda
         if compile:
             use_compile_cache_dir()
