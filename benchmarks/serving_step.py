@@ -87,6 +87,14 @@ def main() -> None:
           f"compiled by a child process), torch.compile in this process {ms['torch.compile']:.2f} ms; exact mode's "
           f"decoder forward alone {ms['exact']:.2f} ms (medians over {args.steps} calls, in turns of 8)\n")
 
+    compiled_state, _ = step(store, state, *draws)
+    eager_state, _ = step.eager(store, state, *draws)
+    signal_difference = (compiled_state.signal.float() - eager_state.signal.float()).abs()
+    print(f"compiled against eager on the same inputs: self-conditioning signal max |Δ| "
+          f"{signal_difference.max():.4f} (mean {signal_difference.mean():.5f}), argmax agreement "
+          f"{(compiled_state.argmax == eager_state.argmax).float().mean():.3f}, canvas agreement "
+          f"{(compiled_state.canvas == eager_state.canvas).float().mean():.3f}\n")
+
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

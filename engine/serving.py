@@ -1,4 +1,4 @@
-"""Serving mode: block diffusion with a static-shape, sync-free denoising step that torch.compile takes whole.
+"""Serving mode: block diffusion with a static-shape, sync-free denoising step that compiles as one graph.
 
 Exact mode (`engine.generate.generate_blocks`) draws the reference's random stream with its kernels, bit for bit.
 Serving mode runs the same model and sampler, not the same bits:

@@ -336,3 +336,16 @@ def _running(pid: int) -> bool:
             return stat.read().split(") ")[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_compile_cache_keeps_the_packages_used_last(tmp_path):
+    from engine.compiled_step import KEPT_PACKAGES, prune
+
+    packages = [tmp_path / f"step-{index:02d}.pt2" for index in range(KEPT_PACKAGES + 3)]
+    for age, package in enumerate(packages):  # packages[0] was used last
+        package.write_bytes(b"package")
+        os.utime(package, (1_000_000 - age, 1_000_000 - age))
+    in_the_making = tmp_path / "step-99.1234.partial.pt2"
+    in_the_making.write_bytes(b"part")
+    prune(tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([*packages[:KEPT_PACKAGES], in_the_making])
