@@ -37,6 +37,11 @@ ENGINE_DIR = Path(__file__).resolve().parent
 CHILD_PRIORITY = 10  # os.nice increment: the compile takes what the serving process leaves
 TENSOR = object()  # a leaf that is an input of the package
 KEPT_PACKAGES = 8  # the compile cache keeps the packages used last (each holds a copy of its model's weights)
+PACKAGED_WEIGHTS_LIMIT = 1 << 30  # bytes: a larger model's step compiles in the serving process (engine.serving)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in [*model.parameters(), *model.buffers()])
 
 
 def flatten(inputs: tuple) -> tuple[list[torch.Tensor], Any, list[Any]]:

@@ -120,8 +120,9 @@ class DenoisingStep:
     - on the CPU, ahead of time in a child process (`engine.compiled_step`: torch.export + AOTInductor, one package
       per model and shape in the compile cache, loaded by a background thread). Nothing is traced in this process,
       which torch.compile would do with process-wide effects on the threads serving requests;
-    - on CUDA (or with `ahead_of_time=False`), by torch.compile in a background thread, replayed as CUDA graphs
-      on CUDA; while it compiles every call is eager, so only one thread is ever inside torch.compile.
+    - on CUDA, for weights over `compiled_step.PACKAGED_WEIGHTS_LIMIT` or with `ahead_of_time=False`, by
+      torch.compile in a background thread, replayed as CUDA graphs on CUDA; while it compiles every call is
+      eager, so only one thread is ever inside torch.compile.
     `compile=False` is always eager.
     """
 
@@ -142,8 +143,10 @@ class DenoisingStep:
         self._lock = threading.Lock()
         self.compile_seconds: dict[tuple, float] = {}
         on_cuda = model.embed_tokens.weight.device.type == "cuda"
-        # By device unless told: CUDA graphs need torch.compile in this process, so packages are for the CPU only.
-        self.ahead_of_time = compile and not on_cuda and ahead_of_time is not False
+        # By device unless told: CUDA graphs need torch.compile in this process, so packages are for the CPU only,
+        # and for models whose weights a package can copy (it holds them as constants).
+        self.ahead_of_time = (compile and not on_cuda and ahead_of_time is not False
+                              and compiled_step.weight_bytes(model) <= compiled_step.PACKAGED_WEIGHTS_LIMIT)
         self.cuda_graphs = compile and on_cuda
         if compile:
             use_compile_cache_dir()

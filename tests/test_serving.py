@@ -285,6 +285,15 @@ def test_the_step_compiles_in_a_child_process_and_matches_eager(model, tmp_path,
     _assert_matches_eager(other_compiled, other_eager)
 
 
+def test_only_models_a_package_can_hold_compile_ahead_of_time(model, monkeypatch):
+    from engine import compiled_step
+
+    assert DenoisingStep(model, compile=True).ahead_of_time
+    monkeypatch.setattr(compiled_step, "PACKAGED_WEIGHTS_LIMIT", compiled_step.weight_bytes(model) - 1)
+    assert not DenoisingStep(model, compile=True).ahead_of_time  # compiled in this process instead
+    assert not DenoisingStep(model, compile=False).ahead_of_time
+
+
 @torch.inference_mode()
 def test_the_step_compiles_in_a_thread_where_asked(model, tmp_path, monkeypatch):
     """The in-process path (CUDA's, for its CUDA graphs): torch.compile on a background thread, eager until ready."""
