@@ -1,14 +1,16 @@
 """Benchmark: one serving-mode denoising step on the CPU, eager and compiled, and where its time goes.
 
     OMP_NUM_THREADS=1 python benchmarks/serving_step.py [--model embedded|PATH] [--prompt-tokens 230] [--steps 40]
+                                                        [--dtype auto]
 
 Loads the checkpoint in serving mode as the server does (dtype auto, compiling), warms it up at the server's prompt
 budget (which compiles the step for the shape requests get, and is waited for), encodes a --prompt-tokens prompt
 into the engine's cache and times `DenoisingStep` on it: the eager step, the compiled step (the server's: an
 AOTInductor package compiled by a child process), the same step under torch.compile in this process, and exact
 mode's decoder forward alone (no sampler) for comparison: medians per call over --steps calls, in turns of 8 calls
-in a row (a canvas). Then a torch profiler table of the compiled step by operator and input shape: the generated kernels ("CompiledFxGraph"), each matmul shape, guard evaluation.
-Run it with nothing else on the machine.
+in a row (a canvas). Then the compiled step's agreement with the eager one on the same inputs, and a torch
+profiler table of the compiled step by operator and input shape: what the package calls in ATen (each matmul
+shape, sorting); the generated kernels are the rest of its time. Run it with nothing else on the machine.
 """
 
 from __future__ import annotations

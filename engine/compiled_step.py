@@ -9,7 +9,7 @@ is not installed as a submodule"), and requests waited up to 20 s for the GIL du
 package file; the serving process only loads it, which traces nothing.
 
 Why AOTInductor rather than torch.compile: the loaded package runs without dynamo's guards and Python wrapper (on
-this project's 2-core CPU, 6.8 ms a step against 8.0 ms, timed in turns by `benchmarks/serving_step.py`).
+this project's 2-core CPU, 6.4 ms a step against 7.5 ms, timed in turns by `benchmarks/serving_step.py`).
 
 A package is the step of one model (its weights are constants inside it), for one set of input shapes, sampler
 constants and OpenMP thread count (the kernels are built for a thread count), on one torch and engine source:
