@@ -18,8 +18,10 @@ all of that is in its file name, so a restart loads it and another model never d
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,52 +70,90 @@ class ExportedStep(nn.Module):
         return (*next_state, accepted)
 
 
-def package_path(directory: Path, model: nn.Module, shape_key: tuple, threads: int) -> Path:
-    """Where the package for this model, input shapes and thread count lives in the compile cache `directory`."""
+def weights_digest(model: nn.Module) -> str:
+    """A digest of the model's parameters and buffers (names, shapes, dtypes, bytes): one per model, not per shape."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         digest.update(name.encode())
         digest.update(repr((tuple(tensor.shape), tensor.dtype)).encode())
         digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    sources = sorted([*ENGINE_DIR.glob("*.py"), *ENGINE_DIR.glob("kernels/*.py")])
-    for source in sources:
+    return digest.hexdigest()
+
+
+def package_path(directory: Path, model: nn.Module, weights: str, shape_key: tuple, threads: int) -> Path:
+    """Where the package for this model (`weights`: its `weights_digest`), input shapes and thread count lives in
+    the compile cache `directory`."""
+    digest = hashlib.blake2b(weights.encode(), digest_size=16)
+    for source in sorted([*ENGINE_DIR.glob("*.py"), *ENGINE_DIR.glob("kernels/*.py")]):
         digest.update(source.read_bytes())
     digest.update(repr((getattr(model, "config", None), shape_key, threads, torch.__version__,
                         torch.backends.cpu.get_cpu_capability())).encode())
     return directory / "aot-steps" / f"step-{digest.hexdigest()}.pt2"
 
 
-def start_compiling(model: nn.Module, step: Callable, inputs: tuple, threads: int, package: Path
-                    ) -> subprocess.Popen:
-    """Start a child process that compiles `step(model, *inputs)` into `package`; returns it (wait on it)."""
+def compile_in_child(model: nn.Module, step: Callable, inputs: tuple, threads: int, package: Path,
+                     started: Callable[[subprocess.Popen], None]) -> None:
+    """Compile `step(model, *inputs)` into `package` in a child process and wait for it (`started` is handed the
+    child, e.g. to stop it at exit). Raises if the child fails; its request file is removed whatever happens."""
     package.parent.mkdir(parents=True, exist_ok=True)
-    handle, request = tempfile.mkstemp(dir=package.parent, suffix=".request")
+    handle, request = tempfile.mkstemp(dir=package.parent, prefix="request-", suffix=".pt")
     os.close(handle)
-    torch.save({"model": model, "step": step, "inputs": inputs, "threads": threads}, request)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads),
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_DIR.parent), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "engine.compiled_step", request, str(package), str(os.getpid())],
-                            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    try:
+        torch.save({"model": model, "step": step, "inputs": inputs, "threads": threads}, request)
+        environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ENGINE_DIR.parent), os.environ.get("PYTHONPATH")]))}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "engine.compiled_step", request, str(package), str(os.getpid())],
+            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started(child)
+        _, errors = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"the compiling process exited with {child.returncode}:\n{errors[-4000:]}")
+    finally:
+        Path(request).unlink(missing_ok=True)
 
 
 def load(package: Path) -> Callable[[tuple], list[torch.Tensor]]:
     """The package as a function of the step's inputs (store, state, *draws), returning its outputs flat."""
     runner = torch._inductor.aoti_load_package(str(package))
-    os.utime(package)  # used now: the last to go when the cache is pruned
+    _remove_unpacked_copies()
+    try:
+        os.utime(package)  # used now: the last to go when the cache is pruned
+    except OSError:  # a read-only cache still serves
+        pass
     return lambda inputs: runner(*flatten(inputs)[0])
 
 
-def prune(directory: Path, keep: int = KEPT_PACKAGES) -> None:
-    """Delete all but the `keep` packages used last (an upgrade or another model leaves old ones behind)."""
-    packages = []
-    for path in directory.glob("step-*.pt2"):
-        if ".partial." in path.name:  # another child's package in the making
-            continue
+def _remove_unpacked_copies() -> None:
+    """Delete the folders the loader unpacked this process's packages into (under the temp directory; the loaded
+    libraries stay mapped). The loader would delete them when it is destroyed, which a server's exit never waits
+    for: each start would leave a copy of the weights behind."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return
+    temp = Path(tempfile.gettempdir()).resolve()
+    for line in maps.read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and "aotinductor_" in fields[5]:
+            for folder in Path(fields[5].strip()).parents:
+                if folder.parent == temp and folder.name.startswith("aotinductor_"):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def prune(directory: Path, keep: int = KEPT_PACKAGES, leftovers_after_s: float = 24 * 3600) -> None:
+    """Delete all but the `keep` packages used last (an upgrade or another model leaves old ones behind), and
+    requests, partial packages and locks older than `leftovers_after_s` (a child that was killed)."""
+    packages, now = [], time.time()
+    for path in [*directory.glob("step-*.pt2"), *directory.glob("step-*.lock"), *directory.glob("request-*.pt")]:
         try:
-            packages.append((path.stat().st_mtime, path))
+            modified = path.stat().st_mtime
         except FileNotFoundError:  # pruned by another process meanwhile
             continue
+        if path.suffix != ".pt2" or ".partial." in path.name:  # another child's, maybe in the making
+            if now - modified > leftovers_after_s:
+                path.unlink(missing_ok=True)
+            continue
+        packages.append((modified, path))
     for _, stale in sorted(packages, reverse=True)[keep:]:
         stale.unlink(missing_ok=True)
 
@@ -123,17 +163,27 @@ def partial_path(package: Path) -> Path:
     return package.with_suffix(f".{os.getpid()}.partial.pt2")
 
 
+def lock_path(package: Path) -> Path:
+    return package.with_suffix(".lock")
+
+
 def compile_package(request: Path, package: Path) -> None:
-    """The child's work: export the requested step and write its AOTInductor package atomically."""
-    asked = torch.load(request, weights_only=False)
-    torch.set_num_threads(asked["threads"])
-    tensors, spec, fixed = flatten(asked["inputs"])
-    module = ExportedStep(asked["model"], asked["step"], spec, fixed).eval()
-    with torch.no_grad():
-        exported = torch.export.export(module, tuple(tensors), strict=False)
-    partial = partial_path(package)
-    torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
-    os.replace(partial, package)
+    """The child's work: export the requested step and write its AOTInductor package atomically. One child at a
+    time per package (two servers starting on one model): the second finds it written."""
+    with open(lock_path(package), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if package.exists():
+            return
+        asked = torch.load(request, weights_only=False)
+        torch.set_num_threads(asked["threads"])
+        tensors, spec, fixed = flatten(asked["inputs"])
+        module = ExportedStep(asked["model"], asked["step"], spec, fixed).eval()
+        with torch.no_grad():
+            exported = torch.export.export(module, tuple(tensors), strict=False)
+        partial = partial_path(package)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+        os.replace(partial, package)
+    lock_path(package).unlink(missing_ok=True)
     prune(package.parent)
 
 
@@ -157,12 +207,13 @@ def exit_with_parent(parent: int, leftovers: list[Path]) -> None:
 def main(argv: list[str]) -> int:
     request, package, parent = Path(argv[0]), Path(argv[1]), int(argv[2])
     # (the parent may be gone already: its pid is the one it gave)
-    exit_with_parent(parent, [request, partial_path(package)])
+    exit_with_parent(parent, [request, partial_path(package), lock_path(package)])
     os.nice(CHILD_PRIORITY)
     try:
         compile_package(request, package)
     finally:
         request.unlink(missing_ok=True)
+        partial_path(package).unlink(missing_ok=True)
     return 0
 
 

@@ -10,8 +10,8 @@ Serving mode runs the same model and sampler, not the same bits:
 - the loop's only host read is whether every row has stopped, taken one step late on CUDA (`StopCheck`).
 
 `DenoisingStep` compiles the step the first time a shape is seen, eager until then: on the CPU in a child process
-(torch.export + AOTInductor, `engine.compiled_step`), on CUDA with torch.compile in a background thread (CUDA
-graphs). The artifacts stay in the compile cache on disk, so a restart does not compile again.
+(torch.export + AOTInductor, `engine.compiled_step`), on CUDA (and for models too large for a package) with
+torch.compile in a background thread (CUDA graphs on CUDA). The artifacts stay in the compile cache on disk, so a restart does not compile again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -120,9 +121,10 @@ class DenoisingStep:
     - on the CPU, ahead of time in a child process (`engine.compiled_step`: torch.export + AOTInductor, one package
       per model and shape in the compile cache, loaded by a background thread). Nothing is traced in this process,
       which torch.compile would do with process-wide effects on the threads serving requests;
-    - on CUDA, for weights over `compiled_step.PACKAGED_WEIGHTS_LIMIT` or with `ahead_of_time=False`, by
-      torch.compile in a background thread, replayed as CUDA graphs on CUDA; while it compiles every call is
-      eager, so only one thread is ever inside torch.compile.
+    - otherwise by torch.compile in a background thread of this process, with those effects: on CUDA (replayed as
+      CUDA graphs, which need it), for models of over `compiled_step.PACKAGED_WEIGHTS_LIMIT` bytes of weights
+      (a package holds a copy) and with `ahead_of_time=False`. While it compiles every call is eager, so only one
+      thread is ever inside torch.compile.
     `compile=False` is always eager.
     """
 
@@ -139,7 +141,8 @@ class DenoisingStep:
         self._compiled = None  # in-process: the torch.compile'd step, shared by every shape
         self._failed: set[tuple] = set()
         self._compiling: threading.Thread | None = None
-        self._child: subprocess.Popen | None = None
+        self._child: subprocess.Popen | None = None  # the last child that compiled a package
+        self._weights_digest: str | None = None
         self._lock = threading.Lock()
         self.compile_seconds: dict[tuple, float] = {}
         on_cuda = model.embed_tokens.weight.device.type == "cuda"
@@ -217,25 +220,21 @@ class DenoisingStep:
 
     def _compile_ahead(self, key: tuple, copies, threads: int) -> Callable:
         """The CPU: the package from the compile cache, compiled first by a child process if it is not there."""
-        package = compiled_step.package_path(compile_cache_dir(), self.model, key, threads)
+        if self._weights_digest is None:
+            self._weights_digest = compiled_step.weights_digest(self.model)
+        package = compiled_step.package_path(compile_cache_dir(), self.model, self._weights_digest, key, threads)
+        run = None
         if package.exists():
             try:
                 run = compiled_step.load(package)
-            except Exception:  # e.g. a file cut short by a full disk: compiled again below
-                log.exception("the cached compiled step %s could not be loaded; compiling it again", package)
-                package.unlink()
-        if not package.exists():
-            with self._lock:
-                store, state, args = copies
-                self._child = compiled_step.start_compiling(self.model, denoising_step, (store, state, *args),
-                                                            threads, package)
-            _COMPILING_CHILDREN.add(self._child)
-            try:
-                _, errors = self._child.communicate()
-            finally:
-                _COMPILING_CHILDREN.discard(self._child)
-            if self._child.returncode != 0:
-                raise RuntimeError(f"the compiling process exited with {self._child.returncode}:\n{errors[-4000:]}")
+            except Exception:  # cut short by a full disk, or pruned by another process: compiled again below
+                log.warning("the cached compiled step %s could not be loaded; compiling it again", package,
+                            exc_info=True)
+                package.unlink(missing_ok=True)
+        if run is None:
+            store, state, args = copies
+            compiled_step.compile_in_child(self.model, denoising_step, (store, state, *args), threads, package,
+                                           started=self._watch_child)
             run = compiled_step.load(package)
 
         def compiled(store: SharedPrefixKV, state: StepState, *args) -> tuple[StepState, torch.Tensor]:
@@ -243,6 +242,10 @@ class DenoisingStep:
             return StepState(*next_state), accepted
 
         return compiled
+
+    def _watch_child(self, child: subprocess.Popen) -> None:
+        self._child = child
+        _COMPILING_CHILDREN.add(child)
 
     def _compile_here(self, key: tuple, copies, threads: int) -> Callable:
         """torch.compile on this (background) thread; on CUDA recorded as CUDA graphs on its first runs."""
@@ -257,15 +260,20 @@ class DenoisingStep:
         return self._compiled
 
 
-# Children compiling a step: stopped at exit (each would finish a package nobody waits for).
-_COMPILING_CHILDREN: set[subprocess.Popen] = set()
+# Children compiling a step, stopped at a normal exit (each would finish a package nobody waits for). A server that
+# leaves by os._exit skips this; the children's own watchdog then stops them (engine.compiled_step.exit_with_parent).
+_COMPILING_CHILDREN: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
 
 
 @atexit.register
 def _stop_compiling_children() -> None:
     for child in list(_COMPILING_CHILDREN):
-        child.terminate()
-        child.wait()
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def _shape_key(store: SharedPrefixKV, state: StepState, args: tuple) -> tuple:

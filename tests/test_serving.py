@@ -265,6 +265,8 @@ def test_the_step_compiles_in_a_child_process_and_matches_eager(model, tmp_path,
     compiled, _ = step(store, state, *draws)
     _assert_matches_eager(compiled, eager)
     assert len(list(packages.glob("*.pt2"))) == 1
+    mapped = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "aotinductor_" in line]
+    assert mapped and not any(Path(library).exists() for library in mapped)  # no unpacked copy left on disk
 
     restarted = DenoisingStep(model, compile=True)
     restarted(store, state, *draws)
@@ -354,7 +356,12 @@ def test_the_compile_cache_keeps_the_packages_used_last(tmp_path):
     for age, package in enumerate(packages):  # packages[0] was used last
         package.write_bytes(b"package")
         os.utime(package, (1_000_000 - age, 1_000_000 - age))
-    in_the_making = tmp_path / "step-99.1234.partial.pt2"
-    in_the_making.write_bytes(b"part")
+    in_the_making = [tmp_path / "step-99.1234.partial.pt2", tmp_path / "request-abc.pt", tmp_path / "step-99.lock"]
+    left_by_killed_children = [tmp_path / "step-98.1233.partial.pt2", tmp_path / "request-def.pt",
+                               tmp_path / "step-98.lock"]
+    for leftover in [*in_the_making, *left_by_killed_children]:
+        leftover.write_bytes(b"")
+    for leftover in left_by_killed_children:
+        os.utime(leftover, (time.time() - 2 * 24 * 3600,) * 2)
     prune(tmp_path)
-    assert sorted(tmp_path.iterdir()) == sorted([*packages[:KEPT_PACKAGES], in_the_making])
+    assert sorted(tmp_path.iterdir()) == sorted([*packages[:KEPT_PACKAGES], *in_the_making])
