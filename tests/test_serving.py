@@ -334,7 +334,7 @@ def test_a_compiling_child_ends_with_its_parent(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
     child = int(done.stdout.split()[-1])
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30  # the child may still be importing torch under load
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _running(child), "the compiling child outlived its parent"
