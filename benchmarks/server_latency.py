@@ -20,8 +20,8 @@ settings and positions, compiled): the server's cost beyond the pipeline is the 
 
 Prints p50 / p90 / mean in milliseconds. The server runs with its serving step compiled (unless --settings says
 '{"compile": false}'); measuring starts once the compilation it started at load is done, and the time to get there
-is printed. With --during-compile, completions are asked without pause until then and their latency is printed. Targets (issue 14) on this CPU with the embedded model: p50 <= 100 ms cold,
-<= 60 ms warm, <= 5 ms typed-ahead.
+is printed. With --during-compile, completions are asked without pause until then and their latency is printed.
+Targets (issue 14) on this CPU with the embedded model: p50 <= 100 ms cold, <= 60 ms warm, <= 5 ms typed-ahead.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ all of that is in its file name, so a restart loads it and another model never d
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import os
@@ -46,12 +47,16 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in [*model.parameters(), *model.buffers()])
 
 
+def tensor_leaves(inputs: tuple) -> list[torch.Tensor]:
+    """The step's inputs (store, state, draws...) as the package takes them: their tensors, in pytree order."""
+    return [leaf for leaf in pytree.tree_leaves(inputs) if isinstance(leaf, torch.Tensor)]
+
+
 def flatten(inputs: tuple) -> tuple[list[torch.Tensor], Any, list[Any]]:
-    """The step's inputs (store, state, draws...) as the package takes them: their tensors in pytree order, the
-    tree's spec and the non-tensor leaves (sliding windows, sampler constants: fixed in the package)."""
+    """`tensor_leaves(inputs)`, the tree's spec and its leaves with the tensors marked (the others, sliding windows
+    and sampler constants, are fixed in the package)."""
     leaves, spec = pytree.tree_flatten(inputs)
-    return ([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)], spec,
-            [TENSOR if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves])
+    return tensor_leaves(inputs), spec, [TENSOR if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
 
 
 class ExportedStep(nn.Module):
@@ -94,7 +99,7 @@ def package_path(directory: Path, model: nn.Module, weights: str, shape_key: tup
 def compile_in_child(model: nn.Module, step: Callable, inputs: tuple, threads: int, package: Path,
                      started: Callable[[subprocess.Popen], None]) -> None:
     """Compile `step(model, *inputs)` into `package` in a child process and wait for it (`started` is handed the
-    child, e.g. to stop it at exit). Raises if the child fails; its request file is removed whatever happens."""
+    child as it starts). Raises if the child fails; its request file is removed whatever happens."""
     package.parent.mkdir(parents=True, exist_ok=True)
     handle, request = tempfile.mkstemp(dir=package.parent, prefix="request-", suffix=".pt")
     os.close(handle)
@@ -106,11 +111,30 @@ def compile_in_child(model: nn.Module, step: Callable, inputs: tuple, threads: i
             [sys.executable, "-m", "engine.compiled_step", request, str(package), str(os.getpid())],
             env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         started(child)
-        _, errors = child.communicate()
+        _RUNNING_CHILDREN.add(child)
+        try:
+            _, errors = child.communicate()
+        finally:
+            _RUNNING_CHILDREN.discard(child)
         if child.returncode != 0:
             raise RuntimeError(f"the compiling process exited with {child.returncode}:\n{errors[-4000:]}")
     finally:
         Path(request).unlink(missing_ok=True)
+
+
+# Children compiling, stopped at a normal exit (each would finish a package nobody waits for). A server that leaves
+# by os._exit skips this; the children's own watchdog stops them then (`exit_with_parent`).
+_RUNNING_CHILDREN: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _stop_running_children() -> None:
+    for child in list(_RUNNING_CHILDREN):
+        child.terminate()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def load(package: Path) -> Callable[[tuple], list[torch.Tensor]]:
@@ -121,7 +145,7 @@ def load(package: Path) -> Callable[[tuple], list[torch.Tensor]]:
         os.utime(package)  # used now: the last to go when the cache is pruned
     except OSError:  # a read-only cache still serves
         pass
-    return lambda inputs: runner(*flatten(inputs)[0])
+    return lambda inputs: runner(*tensor_leaves(inputs))
 
 
 def _remove_unpacked_copies() -> None:
@@ -172,17 +196,16 @@ def compile_package(request: Path, package: Path) -> None:
     time per package (two servers starting on one model): the second finds it written."""
     with open(lock_path(package), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if package.exists():
-            return
-        asked = torch.load(request, weights_only=False)
-        torch.set_num_threads(asked["threads"])
-        tensors, spec, fixed = flatten(asked["inputs"])
-        module = ExportedStep(asked["model"], asked["step"], spec, fixed).eval()
-        with torch.no_grad():
-            exported = torch.export.export(module, tuple(tensors), strict=False)
-        partial = partial_path(package)
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
-        os.replace(partial, package)
+        if not package.exists():
+            asked = torch.load(request, weights_only=False)
+            torch.set_num_threads(asked["threads"])
+            tensors, spec, fixed = flatten(asked["inputs"])
+            module = ExportedStep(asked["model"], asked["step"], spec, fixed).eval()
+            with torch.no_grad():
+                exported = torch.export.export(module, tuple(tensors), strict=False)
+            partial = partial_path(package)
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
+            os.replace(partial, package)
     lock_path(package).unlink(missing_ok=True)
     prune(package.parent)
 

@@ -11,7 +11,8 @@ Serving mode runs the same model and sampler, not the same bits:
 
 `DenoisingStep` compiles the step the first time a shape is seen, eager until then: on the CPU in a child process
 (torch.export + AOTInductor, `engine.compiled_step`), on CUDA (and for models too large for a package) with
-torch.compile in a background thread (CUDA graphs on CUDA). The artifacts stay in the compile cache on disk, so a restart does not compile again.
+torch.compile in a background thread (CUDA graphs on CUDA). The artifacts stay in the compile cache on disk, so a
+restart does not compile again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import subprocess
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -234,7 +234,7 @@ class DenoisingStep:
         if run is None:
             store, state, args = copies
             compiled_step.compile_in_child(self.model, denoising_step, (store, state, *args), threads, package,
-                                           started=self._watch_child)
+                                           started=self._record_child)
             run = compiled_step.load(package)
 
         def compiled(store: SharedPrefixKV, state: StepState, *args) -> tuple[StepState, torch.Tensor]:
@@ -243,9 +243,8 @@ class DenoisingStep:
 
         return compiled
 
-    def _watch_child(self, child: subprocess.Popen) -> None:
+    def _record_child(self, child: subprocess.Popen) -> None:
         self._child = child
-        _COMPILING_CHILDREN.add(child)
 
     def _compile_here(self, key: tuple, copies, threads: int) -> Callable:
         """torch.compile on this (background) thread; on CUDA recorded as CUDA graphs on its first runs."""
@@ -258,22 +257,6 @@ class DenoisingStep:
         with torch.inference_mode():
             self._compiled(store, state, *args)
         return self._compiled
-
-
-# Children compiling a step, stopped at a normal exit (each would finish a package nobody waits for). A server that
-# leaves by os._exit skips this; the children's own watchdog then stops them (engine.compiled_step.exit_with_parent).
-_COMPILING_CHILDREN: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_compiling_children() -> None:
-    for child in list(_COMPILING_CHILDREN):
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
 
 
 def _shape_key(store: SharedPrefixKV, state: StepState, args: tuple) -> tuple:
