@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -230,8 +233,21 @@ def test_without_namespaces_only_the_python_guard_stops_network_use(listener):
     assert leaked.status == "passed" and _accepted_connections(listener) == 1
 
 
+@pytest.fixture
+def readable_sources() -> Iterator[Path]:
+    """A world-readable copy of lsp_server for another user to import: the checkout may sit in a private folder."""
+    copy = Path(tempfile.mkdtemp(prefix="diffgemma-sources-", dir="/tmp"))
+    try:
+        shutil.copytree(REPO_ROOT / "lsp_server", copy / "lsp_server", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield copy
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to start a run as an unprivileged user")
-def test_an_unprivileged_runner_gets_namespaces_through_a_user_namespace(sandbox, listener):
+def test_an_unprivileged_runner_gets_namespaces_through_a_user_namespace(sandbox, listener, readable_sources):
     """The runner itself as an unprivileged user: no uid to drop to, so a user namespace provides the network,
     PID and mount namespaces; writes, network and stray processes must still be contained."""
     escape = Path("/tmp") / f"diffgemma-bench-escape-{uuid.uuid4().hex}"
@@ -252,7 +268,7 @@ def test_an_unprivileged_runner_gets_namespaces_through_a_user_namespace(sandbox
     [slot] = _lease_uids(1)
     try:
         completed = subprocess.run([sandbox.python, "-c", script], user=slot.uid, group=slot.uid, extra_groups=[],
-                                   env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}, cwd="/",
+                                   env={"PYTHONPATH": str(readable_sources), "PATH": "/usr/bin:/bin"}, cwd="/",
                                    capture_output=True, text=True, timeout=60)
         assert completed.returncode == 0, completed.stderr
         results = json.loads(completed.stdout)

@@ -43,11 +43,14 @@ async def test_storm_only_the_newest_request_gets_an_answer(client):
     futures = []
     for typed in range(50):  # type "y" (never what the model suggests) and ask, 50 times in a burst
         insert(client, uri, 3, len(LINE) + typed, "y", version=2 + typed)
-        futures.append(send_inline(client, uri, 3, len(LINE) + typed + 1))
+        futures.append(send_inline(client, uri, 3, len(LINE) + typed + 1, msg_id=f"storm-{typed}"))
     asked = time.monotonic()
-    during = await stats(client)  # queued behind the whole burst, answered while the last request runs
+    await stats(client)  # queued behind the whole burst
     answered_in = time.monotonic() - asked
     model_still_running = not futures[-1].done()
+    # (the worker may not have started the newest request when the loop answered: ask again once it streams)
+    await wait_until(lambda: any(c["requestId"] == "storm-49" for c in client.canvases), "the newest run's steps")
+    during = await stats(client)
     results = await asyncio.gather(*futures)
     after = await stats(client)
 
